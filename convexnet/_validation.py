@@ -1,0 +1,115 @@
+"""Checks of user input shared by the modeling layer.
+
+Each helper raises :class:`convexnet.errors.InvalidInputError` with a message that names the
+argument and says how to fix it. They run before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = [
+    "is_tensor",
+    "as_float_array",
+    "check_finite_data",
+    "check_scalar",
+    "check_integer",
+]
+
+
+def is_tensor(x) -> bool:
+    """True when ``x`` is a ``torch.Tensor`` (without importing torch when it is not loaded)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def as_float_array(name: str, x, *, ndim: int | tuple[int, ...] | None = None,
+                   dtype=np.float64) -> np.ndarray:
+    """Convert ``x`` to a finite floating numpy array, or raise naming ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, used in the error message.
+    x : array_like or torch.Tensor
+        The data. Tensors are detached and moved to the CPU.
+    ndim : int or tuple of int, optional
+        The allowed numbers of dimensions.
+    dtype : numpy dtype
+        The dtype of the returned array.
+    """
+    if x is None:
+        raise InvalidInputError(f"{name} is None; pass an array.")
+    if is_tensor(x):
+        x = x.detach().cpu().numpy()
+    try:
+        arr = np.asarray(x, dtype=dtype)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{name} cannot be read as a numeric array ({exc}).") from None
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise InvalidInputError(f"{name} must be {want}; got shape {arr.shape}.")
+    check_finite_data(name, arr)
+    return arr
+
+
+def check_finite_data(name: str, x) -> None:
+    """Raise when ``x`` (numpy array or tensor) holds NaN or infinite entries."""
+    if is_tensor(x):
+        import torch
+
+        bad = int((~torch.isfinite(x)).sum()) if x.is_floating_point() else 0
+    else:
+        arr = np.asarray(x)
+        bad = int((~np.isfinite(arr)).sum()) if np.issubdtype(arr.dtype, np.inexact) else 0
+    if bad:
+        raise InvalidInputError(
+            f"{name} has {bad} NaN or infinite entries; clean or impute them before calling.")
+
+
+def check_scalar(name: str, value, *, low: float | None = None, low_inclusive: bool = True,
+                 allow_inf: bool = False) -> float:
+    """Return ``value`` as a float after checking it is a real number in range.
+
+    Parameters
+    ----------
+    low : float, optional
+        Lower bound; ``value >= low`` (or ``> low`` when ``low_inclusive`` is False).
+    allow_inf : bool
+        Whether ``+inf`` is accepted (an unconstrained ball, say).
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        if is_tensor(value) and value.numel() == 1:
+            value = float(value)
+        elif isinstance(value, np.ndarray) and value.size == 1:
+            value = float(value)
+        else:
+            raise InvalidInputError(f"{name} must be a real number; got {value!r}.")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not (allow_inf and value > 0)):
+        raise InvalidInputError(f"{name} must be finite; got {value}.")
+    if low is not None:
+        if low_inclusive and value < low:
+            raise InvalidInputError(f"{name} must be >= {low}; got {value}.")
+        if not low_inclusive and value <= low:
+            raise InvalidInputError(f"{name} must be > {low}; got {value}.")
+    return value
+
+
+def check_integer(name: str, value, *, low: int | None = None) -> int:
+    """Return ``value`` as an int after checking it is an integer (not a float or bool) >= ``low``."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise InvalidInputError(f"{name} must be an integer; got {value!r}.")
+    value = int(value)
+    if low is not None and value < low:
+        raise InvalidInputError(f"{name} must be >= {low}; got {value}.")
+    return value
