@@ -1,0 +1,260 @@
+"""Lower a Net-Trim layer to a backend and run it.
+
+Three routes, chosen by the program's shape and the backend:
+
+* the coupled constrained form (one budget for the layer) is one CVXPY problem over all of ``U``;
+* decoupled forms (regularized, split budgets) compile ONE parametrized (DPP) column problem and
+  re-solve it for every column, optionally in chunks on an executor;
+* ``backend="admm"`` hands the graph form to :mod:`solvers.admm`, batched over columns.
+
+Backends receive a CVXPY problem or a ``GraphForm``; they never see the problem's class.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import cvxpy as cp
+import numpy as np
+
+from solvers import cvxpy_backend
+
+from .errors import BackendUnavailableError, InvalidInputError
+
+__all__ = ["RawSolution", "ColumnProgram", "check_backend", "layer_program", "resolve_backend",
+           "solve_layer"]
+
+# Worst first: the status a layer reports is the worst of its columns'.
+_SEVERITY = ["solver_error", "unbounded", "infeasible", "max_iterations", "optimal_inaccurate",
+             "optimal"]
+_NO_SOLUTION = {"solver_error", "unbounded", "infeasible"}
+
+
+@dataclass
+class RawSolution:
+    """A backend's answer before cleaning: design-orientation weights and the dual of ``Z``."""
+
+    W_design: np.ndarray | None
+    dual: np.ndarray | None
+    status: str
+    solve_time: float
+    compile_time: float
+    column_status: list | None = None
+    iterations: object = None
+    info: dict = field(default_factory=dict)
+
+
+def worst_status(statuses) -> str:
+    """The most severe of ``statuses`` in the order of :data:`_SEVERITY`."""
+    return min(statuses, key=_SEVERITY.index)
+
+
+# ------------------------------------------------------------------------------------- backend
+def check_backend(backend: str, form: str) -> str:
+    """Validate ``backend`` for a program of ``form``; return its lower-case name (maybe "auto").
+
+    Raises :class:`BackendUnavailableError` for an unknown or uninstalled name, and for OSQP asked to
+    solve the constrained form (a second-order-cone program), naming the alternatives.
+    """
+    if not isinstance(backend, str):
+        raise BackendUnavailableError(f"backend must be a string; got {backend!r}.")
+    name = backend.lower()
+    installed = cvxpy_backend.installed_backends()
+    if name in ("auto", "admm"):
+        return name
+    if name not in cvxpy_backend.BACKENDS or name not in installed:
+        known = ", ".join(["auto", *installed, "admm"])
+        raise BackendUnavailableError(
+            f"unknown or uninstalled backend {backend!r}; available here: {known}.")
+    kind = "qp" if form == "regularized" else "socp"
+    if not cvxpy_backend.supports(name, kind):
+        raise BackendUnavailableError(
+            f"backend {name!r} takes quadratic programs only, and the constrained form has a "
+            "second-order-cone budget; use backend='clarabel', 'scs' or 'admm', or the regularized "
+            "form (lam=...).")
+    return name
+
+
+def resolve_backend(problem, backend: str) -> str:
+    """The concrete backend for ``problem``: ``backend`` checked, "auto" decided by size."""
+    name = check_backend(backend, problem.form)
+    return _auto_backend(problem) if name == "auto" else name
+
+
+def _auto_backend(problem) -> str:
+    return "clarabel"
+
+
+# ------------------------------------------------------------------------------ whole layer
+def layer_program(problem):
+    """The whole layer as one CVXPY problem (see :meth:`NetTrimProblem.to_cvxpy`)."""
+    X = problem.X_design
+    P, M = problem.Y.shape
+    U = cp.Variable((X.shape[1], M), name="U")
+    Z = cp.Variable((P, M), name="Z")
+    active = problem.active.astype(float)
+    fit = cp.multiply(active, Z) - active * problem.Y
+    constraints = [Z == X @ U]
+    objective = cp.sum(cp.multiply(problem.penalty_weights[:, None], cp.abs(U)))
+    if problem.form == "regularized":
+        objective = objective + problem.lam * cp.sum_squares(fit)
+    elif problem.column_budgets is None:
+        constraints.append(cp.norm(fit, "fro") <= problem.epsilon)
+    else:
+        constraints.append(cp.norm(fit, 2, axis=0) <= problem.column_budgets)
+    if not problem.active.all():
+        inactive = 1.0 - active
+        constraints.append(cp.multiply(inactive, Z) <= inactive * problem.V)
+    return cp.Problem(cp.Minimize(objective), constraints), U
+
+
+def _solve_coupled(problem, backend, options, verbose) -> RawSolution:
+    program, U = layer_program(problem)
+    info = cvxpy_backend.solve_problem(program, backend, options=options, verbose=verbose)
+    if info.status in _NO_SOLUTION or U.value is None:
+        return RawSolution(None, None, info.status, info.solve_time, info.compile_time,
+                           iterations=info.iterations, info={"raw_status": info.raw_status})
+    dual = -np.asarray(program.constraints[0].dual_value, dtype=float)
+    return RawSolution(np.asarray(U.value, dtype=float), dual, info.status, info.solve_time,
+                       info.compile_time, iterations=info.iterations,
+                       info={"raw_status": info.raw_status})
+
+
+# ---------------------------------------------------------------------------------- columns
+class ColumnProgram:
+    """One compiled DPP column problem, re-solved for every column of a layer.
+
+    Variables ``u`` (N_design,) and ``z`` (P,); parameters ``active`` (P,) in {0, 1},
+    ``target = active * y``, ``threshold = (1 - active) * v`` and, for split budgets, ``budget``.
+    Products of two parameters are not DPP, hence the pre-multiplied targets.
+    """
+
+    def __init__(self, X_design, penalty_weights, *, form: str, lam: float | None,
+                 has_inequality: bool):
+        P, N = X_design.shape
+        self.u = cp.Variable(N, name="u")
+        self.z = cp.Variable(P, name="z")
+        self.active = cp.Parameter(P, nonneg=True, name="active")
+        self.target = cp.Parameter(P, name="target")
+        self.threshold = cp.Parameter(P, name="threshold")
+        self.budget = cp.Parameter(nonneg=True, name="budget")
+        self.has_inequality = has_inequality
+        fit = cp.multiply(self.active, self.z) - self.target
+        objective = penalty_weights @ cp.abs(self.u)
+        constraints = [self.z == X_design @ self.u]
+        if form == "regularized":
+            objective = objective + lam * cp.sum_squares(fit)
+        else:
+            constraints.append(cp.norm(fit, 2) <= self.budget)
+        if has_inequality:
+            constraints.append(cp.multiply(1 - self.active, self.z) <= self.threshold)
+        self.problem = cp.Problem(cp.Minimize(objective), constraints)
+
+    def set_column(self, y, active, v, budget=None) -> None:
+        mask = active.astype(float)
+        self.active.value = mask
+        self.target.value = mask * y
+        self.threshold.value = (1.0 - mask) * v
+        self.budget.value = 0.0 if budget is None else float(budget)
+
+
+@dataclass
+class _ColumnChunk:
+    """The data of a few columns, shipped whole to a worker (picklable, no CVXPY objects)."""
+
+    X_design: np.ndarray
+    penalty_weights: np.ndarray
+    Y: np.ndarray
+    active: np.ndarray
+    V: np.ndarray
+    budgets: np.ndarray | None
+    form: str
+    lam: float | None
+    has_inequality: bool
+    backend: str
+    options: dict | None
+    verbose: bool
+
+
+def _solve_column_chunk(chunk: _ColumnChunk):
+    """Compile one column program and solve every column of ``chunk`` with it."""
+    program = ColumnProgram(chunk.X_design, chunk.penalty_weights, form=chunk.form, lam=chunk.lam,
+                            has_inequality=chunk.has_inequality)
+    k = chunk.Y.shape[1]
+    W = np.zeros((chunk.X_design.shape[1], k))
+    dual = np.zeros(chunk.Y.shape)
+    statuses, iterations = [], np.zeros(k, dtype=int)
+    solve_time = compile_time = 0.0
+    warm = chunk.backend in ("osqp", "scs")
+    for j in range(k):
+        budget = None if chunk.budgets is None else chunk.budgets[j]
+        program.set_column(chunk.Y[:, j], chunk.active[:, j], chunk.V[:, j], budget)
+        info = cvxpy_backend.solve_problem(program.problem, chunk.backend, options=chunk.options,
+                                           warm_start=warm and j > 0, verbose=chunk.verbose)
+        statuses.append(info.status)
+        solve_time += info.solve_time
+        compile_time += info.compile_time
+        iterations[j] = info.iterations or 0
+        if info.status in _NO_SOLUTION or program.u.value is None:
+            continue
+        W[:, j] = program.u.value
+        dual[:, j] = -program.problem.constraints[0].dual_value
+    return W, dual, statuses, iterations, solve_time, compile_time
+
+
+def _solve_columns(problem, backend, options, executor, verbose) -> RawSolution:
+    M = problem.Y.shape[1]
+    n_chunks = 1 if executor is None else min(M, 8)
+    size = math.ceil(M / n_chunks)
+    bounds = [(start, min(start + size, M)) for start in range(0, M, size)]
+    chunks = [_ColumnChunk(problem.X_design, problem.penalty_weights, problem.Y[:, a:b],
+                           problem.active[:, a:b], problem.V[:, a:b],
+                           None if problem.column_budgets is None else problem.column_budgets[a:b],
+                           problem.form, problem.lam, not problem.active.all(), backend, options,
+                           verbose) for a, b in bounds]
+    if executor is None:
+        outputs = [_solve_column_chunk(chunk) for chunk in chunks]
+    else:
+        outputs = [future.result() for future in
+                   [executor.submit(_solve_column_chunk, chunk) for chunk in chunks]]
+    W = np.hstack([out[0] for out in outputs])
+    dual = np.hstack([out[1] for out in outputs])
+    statuses = [s for out in outputs for s in out[2]]
+    iterations = np.concatenate([out[3] for out in outputs])
+    status = worst_status(statuses)
+    solve_time = sum(out[4] for out in outputs)
+    compile_time = sum(out[5] for out in outputs)
+    if status in _NO_SOLUTION:
+        return RawSolution(None, None, status, solve_time, compile_time, statuses, iterations)
+    return RawSolution(W, dual, status, solve_time, compile_time, statuses, iterations,
+                       info={"chunks": len(chunks)})
+
+
+# ------------------------------------------------------------------------------------- entry
+def solve_layer(problem, backend: str, *, solver_options=None, executor=None,
+                verbose=False) -> RawSolution:
+    """Run ``backend`` (already resolved) on ``problem``."""
+    if solver_options is not None and not isinstance(solver_options, dict):
+        raise InvalidInputError(f"solver_options must be a dict; got {type(solver_options).__name__}.")
+    if backend == "admm":
+        return _solve_admm(problem, solver_options or {}, verbose)
+    if problem.decoupled:
+        return _solve_columns(problem, backend, solver_options, executor, verbose)
+    return _solve_coupled(problem, backend, solver_options, verbose)
+
+
+def _solve_admm(problem, options, verbose) -> RawSolution:
+    from solvers import admm
+
+    start = time.perf_counter()
+    out = admm.solve_graph_form(problem.to_graph_form(), verbose=verbose, **options)
+    elapsed = time.perf_counter() - start
+    W = np.asarray(out.W.detach().cpu().numpy() if hasattr(out.W, "detach") else out.W, dtype=float)
+    dual = np.asarray(out.dual.detach().cpu().numpy() if hasattr(out.dual, "detach") else out.dual,
+                      dtype=float)
+    return RawSolution(W, dual, out.status, getattr(out, "solve_time", elapsed),
+                       getattr(out, "setup_time", 0.0), iterations=out.iterations,
+                       info={"primal_residual": out.primal_residual,
+                             "dual_residual": out.dual_residual})

@@ -1,0 +1,407 @@
+"""Net-Trim for one layer: the program as an object, its lowerings, and its result.
+
+Batch-first (DESIGN section 1): a layer input ``X`` has shape ``(P, N)``, weights ``U`` shape ``(N, M)``,
+``Z = X @ U`` shape ``(P, M)``, the trained layer's output ``Y`` shape ``(P, M)``. With
+``Omega = {(p, m) : Y[p, m] > 0}`` and thresholds ``V`` (default 0), paper 004's programs are
+
+* constrained (eqs. 3-5)::
+
+      minimize ||U||_1  s.t.  sum_{Omega} (Z - Y)^2 <= epsilon^2,   Z <= V off Omega
+
+* regularized (eq. 11)::
+
+      minimize ||U||_1 + lam * sum_{Omega} (Z - Y)^2   s.t.   Z <= V off Omega
+
+``relu=False`` (a linear layer) makes Omega every entry and drops the inequality. With ``bias=True``
+``X`` gains a trailing column of ones and ``U`` a last row holding the bias.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _layer_solve
+from ._validation import as_float_array, check_scalar
+from .errors import InvalidInputError
+
+__all__ = ["NetTrimProblem", "NetTrimResult"]
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+class NetTrimProblem:
+    """Net-Trim for one layer (paper 004), in constrained or regularized form.
+
+    Exactly one of ``epsilon``, ``rel_epsilon`` and ``lam`` is given.
+
+    Parameters
+    ----------
+    X : array_like, shape (P, N)
+        The layer's input, one sample per row.
+    Y : array_like, shape (P, M)
+        The trained layer's output on ``X`` (after the ReLU when ``relu=True``, so ``Y >= 0``).
+    epsilon : float, optional
+        Constrained form with the budget ``sum_{Omega} (Z - Y)^2 <= epsilon^2`` on the whole layer.
+    rel_epsilon : float, optional
+        Constrained form with ``epsilon = rel_epsilon * ||Y||_F`` (the paper's practical choice).
+    lam : float, optional
+        Regularized form with weight ``lam > 0`` on the squared error.
+    V : array_like, shape (P, M), optional
+        Thresholds: ``Z <= V`` off Omega. Default 0 (the pruned unit stays off where it was off).
+    relu : bool, default True
+        Whether the layer is followed by a ReLU. ``False`` for a linear (last) layer.
+    bias : bool, default False
+        Whether the layer has a bias: ``X`` gains a column of ones, the weights a bias row.
+    penalize_bias : bool, default True
+        Whether the bias row is in the l1 term (the papers penalize it).
+    split_budget : bool, default False
+        Constrained form only: replace the one layer budget by per-column budgets
+        ``epsilon_m = epsilon * ||Y[:, m]||_2 / ||Y||_F`` (their squares sum to ``epsilon^2``). Columns
+        then decouple and are solved independently.
+    zero_tol : float, default 1e-6
+        Cleaning rule for exact zeros: an entry with ``|U[n, m]| <= zero_tol * max_n |U[n, m]|`` is
+        set to 0. The constraints are then re-checked: while cleaning would raise the relative
+        violation above ``max(violation before cleaning, feas_tol)``, the tolerance is divided by 10
+        (three times at most, then the solution is kept as the backend returned it).
+    feas_tol : float, default 1e-7
+        The relative violation that cleaning may introduce.
+
+    Attributes
+    ----------
+    X_design : ndarray, shape (P, N_design)
+        ``X``, with the ones column when ``bias=True`` (``N_design = N + bias``).
+    active : ndarray of bool, shape (P, M)
+        Omega: ``Y > 0`` for a ReLU layer, all True for a linear one.
+    form : {"constrained", "regularized"}
+    epsilon : float or None
+        The layer budget (constrained form).
+    column_budgets : ndarray, shape (M,), or None
+        Per-column budgets when ``split_budget=True``.
+    penalty_weights : ndarray, shape (N_design,)
+        Weight of each row of ``U`` in the l1 term (0 on an unpenalized bias row).
+
+    Examples
+    --------
+    >>> import numpy as np, convexnet as cn
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((40, 8)); W = rng.standard_normal((8, 3))
+    >>> prob = cn.NetTrimProblem(X, np.maximum(X @ W, 0), rel_epsilon=0.05)
+    >>> res = prob.solve(backend="clarabel")
+    >>> bool(res.discrepancy <= prob.epsilon * (1 + 1e-6))
+    True
+    """
+
+    def __init__(self, X, Y, *, epsilon=None, rel_epsilon=None, lam=None, V=None, relu=True,
+                 bias=False, penalize_bias=True, split_budget=False, zero_tol=1e-6,
+                 feas_tol=1e-7):
+        X = as_float_array("X", X, ndim=2)
+        Y = as_float_array("Y", Y, ndim=2)
+        if X.shape[0] != Y.shape[0]:
+            raise InvalidInputError(
+                f"X has {X.shape[0]} rows (samples) but Y has {Y.shape[0]}; both are batch-first, "
+                "one sample per row (transpose data laid out as in the papers, samples as columns).")
+        given = [name for name, value in
+                 (("epsilon", epsilon), ("rel_epsilon", rel_epsilon), ("lam", lam)) if value is not None]
+        if len(given) != 1:
+            raise InvalidInputError(
+                "give exactly one of epsilon, rel_epsilon (constrained form) or lam (regularized "
+                f"form); got {given or 'none'}.")
+        relu, bias, penalize_bias, split_budget = (bool(relu), bool(bias), bool(penalize_bias),
+                                                   bool(split_budget))
+        if relu and (Y < 0).any():
+            raise InvalidInputError(
+                "Y has negative entries but relu=True: Y must be the ReLU layer's output (>= 0); "
+                "pass relu=False for a linear layer.")
+        if V is None:
+            V = np.zeros_like(Y)
+        else:
+            V = as_float_array("V", V, ndim=2)
+            if V.shape != Y.shape:
+                raise InvalidInputError(f"V must have the shape of Y, {Y.shape}; got {V.shape}.")
+        self.zero_tol = check_scalar("zero_tol", zero_tol, low=0.0)
+        if self.zero_tol >= 1.0:
+            raise InvalidInputError(f"zero_tol must be < 1 (relative to a column's largest entry); "
+                                    f"got {self.zero_tol}.")
+        self.feas_tol = check_scalar("feas_tol", feas_tol, low=0.0)
+
+        self.X, self.Y, self.V = X, Y, V
+        self.relu, self.bias, self.penalize_bias = relu, bias, penalize_bias
+        self.X_design = np.hstack([X, np.ones((X.shape[0], 1))]) if bias else X
+        self.active = Y > 0 if relu else np.ones(Y.shape, dtype=bool)
+        self.penalty_weights = np.ones(self.X_design.shape[1])
+        if bias and not penalize_bias:
+            self.penalty_weights[-1] = 0.0
+
+        self.epsilon = self.lam = self.column_budgets = None
+        if lam is not None:
+            self.form = "regularized"
+            self.lam = check_scalar("lam", lam, low=0.0, low_inclusive=False)
+            if split_budget:
+                raise InvalidInputError("split_budget applies to the constrained form; drop it "
+                                        "(the regularized form already decouples columns).")
+        else:
+            self.form = "constrained"
+            if epsilon is not None:
+                self.epsilon = check_scalar("epsilon", epsilon, low=0.0)
+            else:
+                rel = check_scalar("rel_epsilon", rel_epsilon, low=0.0)
+                self.epsilon = rel * float(np.linalg.norm(Y))
+            if split_budget:
+                y_norm = float(np.linalg.norm(Y))
+                shares = (np.linalg.norm(Y, axis=0) / y_norm if y_norm > 0
+                          else np.full(Y.shape[1], Y.shape[1] ** -0.5))
+                self.column_budgets = self.epsilon * shares
+
+    @classmethod
+    def from_weights(cls, X, W, b=None, *, relu=True, **kwargs) -> "NetTrimProblem":
+        """The program that re-learns a trained layer ``Y = act(X @ W + b)`` sparsely.
+
+        Parameters
+        ----------
+        X : array_like, shape (P, N)
+        W : array_like, shape (N, M)
+        b : array_like, shape (M,), optional
+            When given, ``bias=True``.
+        relu : bool
+        **kwargs
+            The budget (``epsilon``, ``rel_epsilon`` or ``lam``) and other options of the class.
+        """
+        X = as_float_array("X", X, ndim=2)
+        W = as_float_array("W", W, ndim=2)
+        if W.shape[0] != X.shape[1]:
+            raise InvalidInputError(f"W must have shape (N, M) with N = X.shape[1] = {X.shape[1]}; "
+                                    f"got {W.shape} (torch's Linear.weight is W.T).")
+        Z = X @ W
+        if b is not None:
+            b = as_float_array("b", b, ndim=1)
+            if b.shape[0] != W.shape[1]:
+                raise InvalidInputError(f"b must have shape ({W.shape[1]},); got {b.shape}.")
+            Z = Z + b
+        return cls(X, _relu(Z) if relu else Z, relu=relu, bias=b is not None, **kwargs)
+
+    # ----------------------------------------------------------------------------------- shapes
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(P, N, M)``: samples, inputs (without the bias column), outputs."""
+        return self.X.shape[0], self.X.shape[1], self.Y.shape[1]
+
+    @property
+    def decoupled(self) -> bool:
+        """True when columns are independent programs (regularized, or split budgets)."""
+        return self.form == "regularized" or self.column_budgets is not None
+
+    # ------------------------------------------------------------------------------- lowerings
+    def to_cvxpy(self):
+        """The whole layer as a CVXPY problem, to solve or to compose with other constraints.
+
+        Returns
+        -------
+        problem : cvxpy.Problem
+            Variables ``U`` (N_design, M) and ``Z`` (P, M). ``problem.constraints[0]`` is the graph
+            equality ``Z == X_design @ U``; the negative of its dual value is the dual ``Lambda``
+            of :attr:`NetTrimResult.dual`. Per-column budgets become one constraint per column.
+        U : cvxpy.Variable, shape (N_design, M)
+
+        Examples
+        --------
+        >>> import cvxpy as cp
+        >>> problem, U = prob.to_cvxpy()                           # doctest: +SKIP
+        >>> cp.Problem(problem.objective, problem.constraints + [U[0, :] == 0]).solve()  # doctest: +SKIP
+        """
+        return _layer_solve.layer_program(self)
+
+    def to_graph_form(self):
+        """The layer in the ADMM contract ``min g(W) + f(Z) s.t. Z = X W`` (:mod:`solvers.graph_form`)."""
+        from solvers.graph_form import GraphForm
+
+        if self.form == "regularized":
+            loss, budget = "squared", None
+        elif self.column_budgets is not None:
+            loss, budget = "column_budget", self.column_budgets
+        else:
+            loss, budget = "budget", self.epsilon
+        return GraphForm(X=self.X_design, Y=self.Y, active=self.active, V=self.V, loss=loss,
+                         epsilon=budget, lam=self.lam, l1_weights=self.penalty_weights)
+
+    # ---------------------------------------------------------------------------------- solving
+    def solve(self, backend: str = "auto", *, solver_options: dict | None = None, executor=None,
+              verbose: bool = False) -> "NetTrimResult":
+        """Solve the program and return a cleaned, re-checked result.
+
+        Parameters
+        ----------
+        backend : {"auto", "clarabel", "osqp", "scs", "admm"}
+            ``"auto"`` picks the fastest accurate backend for the size (see the user guide).
+            OSQP takes quadratic programs only: the regularized form.
+        solver_options : dict, optional
+            Passed to the backend (CVXPY solver keywords, or ADMM options).
+        executor : concurrent.futures.Executor, optional
+            Runs independent column chunks (decoupled forms) as jobs, e.g. a Dask client's
+            ``get_executor()``. Default: in-process.
+        verbose : bool
+            Print the solver's log.
+
+        Returns
+        -------
+        NetTrimResult
+        """
+        backend = _layer_solve.resolve_backend(self, backend)
+        start = time.perf_counter()
+        raw = _layer_solve.solve_layer(self, backend, solver_options=solver_options,
+                                       executor=executor, verbose=verbose)
+        result = self._finish(raw, backend)
+        result.wall_time = time.perf_counter() - start
+        return result
+
+    # ----------------------------------------------------------------------- evaluation helpers
+    def activation(self, Z: np.ndarray) -> np.ndarray:
+        """``relu(Z)`` for a ReLU layer, ``Z`` for a linear one."""
+        return _relu(Z) if self.relu else Z
+
+    def objective(self, W_design: np.ndarray) -> float:
+        """The program's objective at ``W_design`` (N_design, M)."""
+        value = float(np.sum(self.penalty_weights[:, None] * np.abs(W_design)))
+        if self.form == "regularized":
+            residual = np.where(self.active, self.X_design @ W_design - self.Y, 0.0)
+            value += self.lam * float(np.sum(residual ** 2))
+        return value
+
+    def violation(self, W_design: np.ndarray) -> float:
+        """Relative constraint violation of ``W_design``: 0 when feasible.
+
+        The largest of the budget excess ``(||(Z - Y)_Omega|| - epsilon)_+ / epsilon`` (per column
+        with split budgets; scaled by ``||Y||_F`` instead when a budget is 0) and the threshold excess
+        ``max_{off Omega} (Z - V)_+ / max(|Y|_max, |V|_max)``.
+        """
+        Z = self.X_design @ W_design
+        residual = np.where(self.active, Z - self.Y, 0.0)
+        y_scale = float(np.linalg.norm(self.Y)) or 1.0
+        excess = 0.0
+        if self.form == "constrained":
+            if self.column_budgets is None:
+                norms, budgets = np.array([np.linalg.norm(residual)]), np.array([self.epsilon])
+            else:
+                norms, budgets = np.linalg.norm(residual, axis=0), self.column_budgets
+            scales = np.where(budgets > 0, budgets, y_scale)
+            excess = float(np.max(np.maximum(norms - budgets, 0.0) / scales))
+        if not self.active.all():
+            z_scale = max(float(np.abs(self.Y).max()), float(np.abs(self.V).max())) or 1.0
+            over = np.where(self.active, 0.0, Z - self.V)
+            excess = max(excess, float(max(over.max(), 0.0)) / z_scale)
+        return excess
+
+    def clean(self, W_design: np.ndarray) -> np.ndarray:
+        """Exact zeros by the rule of ``zero_tol`` (class docstring), feasibility preserved."""
+        reference = max(self.violation(W_design), self.feas_tol)
+        column_max = np.abs(W_design).max(axis=0, keepdims=True)
+        tol = self.zero_tol
+        while tol >= self.zero_tol * 1e-3:
+            cleaned = np.where(np.abs(W_design) <= tol * column_max, 0.0, W_design)
+            if self.violation(cleaned) <= reference:
+                return cleaned
+            tol /= 10.0
+        return W_design
+
+    def _finish(self, raw: "_layer_solve.RawSolution", backend: str) -> "NetTrimResult":
+        result = NetTrimResult(problem=self, backend=backend, status=raw.status,
+                               solve_time=raw.solve_time, compile_time=raw.compile_time,
+                               column_status=raw.column_status, iterations=raw.iterations,
+                               dual=raw.dual, info=raw.info)
+        if raw.W_design is None:
+            return result
+        W_design = self.clean(raw.W_design)
+        result.W_design = W_design
+        result.objective = self.objective(W_design)
+        result.violation = self.violation(W_design)
+        Z = self.X_design @ W_design
+        result.discrepancy = float(np.linalg.norm(self.activation(Z) - self.Y))
+        return result
+
+
+@dataclass
+class NetTrimResult:
+    """The outcome of :meth:`NetTrimProblem.solve`.
+
+    Attributes
+    ----------
+    W : ndarray, shape (N, M) or None
+        The pruned weights (bias row removed); exact zeros. None when no solution was found.
+    b : ndarray, shape (M,) or None
+        The refit bias when the problem has ``bias=True``.
+    W_design : ndarray, shape (N_design, M) or None
+        ``W`` with the bias row: the program's variable.
+    status : str
+        ``"optimal"``, ``"optimal_inaccurate"``, ``"infeasible"``, ``"unbounded"``,
+        ``"max_iterations"`` or ``"solver_error"`` (the worst over columns for decoupled forms).
+    objective : float
+        The program's objective at ``W_design`` (``inf`` without a solution).
+    discrepancy : float
+        ``||act(X @ W + b) - Y||_F``; Proposition 1 gives ``<= epsilon`` when ``V = 0``.
+    violation : float
+        Relative constraint violation after cleaning (:meth:`NetTrimProblem.violation`).
+    dual : ndarray, shape (P, M) or None
+        ``Lambda``, the gradient of the loss part at ``Z``: ``X_design^T Lambda`` lies in
+        ``-d||W||_1`` at optimality; on Omega the residual's multiplier, off Omega ``mu >= 0``.
+    solve_time, compile_time, wall_time : float
+        Seconds in the solver, in CVXPY's compilation, and for the whole call.
+    column_status : list of str or None
+        Per-column statuses for decoupled forms.
+    iterations : ndarray or int or None
+        Iterations (per column when columns were solved separately).
+    backend : str
+    problem : NetTrimProblem
+    certificate : object or None
+        The duality-gap certificate, when one was computed.
+    info : dict
+        Backend-specific extras.
+    """
+
+    problem: NetTrimProblem
+    backend: str
+    status: str
+    solve_time: float = 0.0
+    compile_time: float = 0.0
+    wall_time: float = 0.0
+    W_design: np.ndarray | None = None
+    objective: float = float("inf")
+    discrepancy: float = float("nan")
+    violation: float = float("nan")
+    dual: np.ndarray | None = None
+    column_status: list | None = None
+    iterations: object = None
+    certificate: object = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def W(self) -> np.ndarray | None:
+        if self.W_design is None:
+            return None
+        return self.W_design[:-1] if self.problem.bias else self.W_design
+
+    @property
+    def b(self) -> np.ndarray | None:
+        if self.W_design is None or not self.problem.bias:
+            return None
+        return self.W_design[-1]
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of exact zeros in ``W`` (bias excluded)."""
+        return float(np.mean(self.W == 0)) if self.W is not None else float("nan")
+
+    @property
+    def epsilon(self) -> float | None:
+        """The layer budget of the program (None for the regularized form)."""
+        return self.problem.epsilon
+
+    def __repr__(self) -> str:
+        P, N, M = self.problem.shape
+        return (f"NetTrimResult(status={self.status!r}, backend={self.backend!r}, shape=({N}, {M}), "
+                f"sparsity={self.sparsity:.3f}, objective={self.objective:.6g}, "
+                f"discrepancy={self.discrepancy:.6g}, epsilon={self.epsilon}, "
+                f"violation={self.violation:.2e}, solve_time={self.solve_time:.3f}s)")
