@@ -232,6 +232,49 @@ def _solve_columns(problem, backend, options, executor, verbose) -> RawSolution:
                        info={"chunks": len(chunks)})
 
 
+# ---------------------------------------------------------------------------------- scaling
+@dataclass
+class ScaledLayer:
+    """The layer's program with data rescaled to unit RMS, as the CVXPY routes solve it.
+
+    Net-Trim is scale-covariant: with ``X' = X / s_x``, ``Y' = Y / s_y``, ``V' = V / s_y``,
+    ``epsilon' = epsilon / s_y`` and ``lam' = lam s_x s_y``, the solution is ``U' = U s_x / s_y`` and the
+    dual ``Lambda' = s_x Lambda``, while the objective is multiplied by ``s_x / s_y``. Solvers'
+    absolute tolerances then mean the same thing for a link-normalized network (outputs near
+    1e-4) as for a trained one.
+    """
+
+    X_design: np.ndarray
+    Y: np.ndarray
+    V: np.ndarray
+    active: np.ndarray
+    penalty_weights: np.ndarray
+    form: str
+    lam: float | None
+    epsilon: float | None
+    column_budgets: np.ndarray | None
+    decoupled: bool
+    x_scale: float
+    y_scale: float
+
+    @classmethod
+    def of(cls, problem) -> "ScaledLayer":
+        sx = float(np.sqrt(np.mean(problem.X_design ** 2))) or 1.0
+        sy = float(np.sqrt(np.mean(problem.Y ** 2))) or 1.0
+        return cls(problem.X_design / sx, problem.Y / sy, problem.V / sy, problem.active,
+                   problem.penalty_weights, problem.form,
+                   None if problem.lam is None else problem.lam * sx * sy,
+                   None if problem.epsilon is None else problem.epsilon / sy,
+                   None if problem.column_budgets is None else problem.column_budgets / sy,
+                   problem.decoupled, sx, sy)
+
+    def unscale(self, raw: RawSolution) -> RawSolution:
+        if raw.W_design is not None:
+            raw.W_design = raw.W_design * (self.y_scale / self.x_scale)
+            raw.dual = raw.dual / self.x_scale
+        return raw
+
+
 # ------------------------------------------------------------------------------------- entry
 def solve_layer(problem, backend: str, *, solver_options=None, executor=None,
                 verbose=False) -> RawSolution:
@@ -240,9 +283,12 @@ def solve_layer(problem, backend: str, *, solver_options=None, executor=None,
         raise InvalidInputError(f"solver_options must be a dict; got {type(solver_options).__name__}.")
     if backend == "admm":
         return _solve_admm(problem, solver_options or {}, verbose)
+    scaled = ScaledLayer.of(problem)
     if problem.decoupled:
-        return _solve_columns(problem, backend, solver_options, executor, verbose)
-    return _solve_coupled(problem, backend, solver_options, verbose)
+        raw = _solve_columns(scaled, backend, solver_options, executor, verbose)
+    else:
+        raw = _solve_coupled(scaled, backend, solver_options, verbose)
+    return scaled.unscale(raw)
 
 
 def _solve_admm(problem, options, verbose) -> RawSolution:

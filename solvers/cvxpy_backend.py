@@ -47,7 +47,8 @@ _ACCEPTS = {"clarabel": {"qp", "socp"}, "osqp": {"qp"}, "scs": {"qp", "socp"}}
 # solvers are asked for far more than their own defaults (OSQP 1e-3, SCS 1e-4).
 _DEFAULT_OPTIONS = {
     "clarabel": {},
-    "osqp": {"eps_abs": 1e-8, "eps_rel": 1e-8, "max_iter": 100_000, "polish": True},
+    "osqp": {"eps_abs": 1e-8, "eps_rel": 1e-8, "max_iter": 100_000,
+             "polishing": True},
     "scs": {"eps_abs": 1e-8, "eps_rel": 1e-8, "max_iters": 200_000},
 }
 

@@ -1,0 +1,205 @@
+"""NetTrimProblem against an independent CVXPY formulation, on every CVXPY backend."""
+
+import cvxpy as cp
+import numpy as np
+import pytest
+
+import convexnet as cn
+from convexnet._layer_solve import ColumnProgram
+
+# Objective agreement with the Clarabel oracle, relative, per backend (first-order solvers are
+# asked for 1e-8 but stop a little short of an interior point method).
+RTOL = {"clarabel": 1e-6, "scs": 1e-4, "osqp": 1e-5}
+
+
+def make_layer(seed, *, P=50, N=8, M=4, relu=True, bias=True):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((P, N))
+    W = rng.standard_normal((N, M))
+    b = 0.3 * rng.standard_normal(M) if bias else None
+    Z = X @ W + (0 if b is None else b)
+    return X, (np.maximum(Z, 0) if relu else Z), W, b
+
+
+def oracle(X, Y, *, relu, bias, epsilon=None, lam=None, V=None, extra=None):
+    """Net-Trim written entry by entry from paper 004's (4)/(11), solved by Clarabel."""
+    P, M = Y.shape
+    Xd = np.hstack([X, np.ones((P, 1))]) if bias else X
+    U = cp.Variable((Xd.shape[1], M))
+    V = np.zeros_like(Y) if V is None else V
+    on = [(p, m) for p in range(P) for m in range(M) if (Y[p, m] > 0 or not relu)]
+    off = [(p, m) for p in range(P) for m in range(M) if relu and Y[p, m] <= 0]
+    residuals = cp.hstack([Xd[p] @ U[:, m] - Y[p, m] for p, m in on])
+    constraints = [Xd[p] @ U[:, m] <= V[p, m] for p, m in off]
+    objective = cp.sum(cp.abs(U))
+    if lam is not None:
+        objective = objective + lam * cp.sum_squares(residuals)
+    else:
+        constraints.append(cp.norm(residuals, 2) <= epsilon)
+    if extra is not None:
+        constraints += extra(U)
+    problem = cp.Problem(cp.Minimize(objective), constraints)
+    problem.solve(solver="CLARABEL")
+    assert problem.status == "optimal"
+    return problem.value, U.value
+
+
+FORMS = {
+    "constrained": dict(rel_epsilon=0.1),
+    "regularized": dict(lam=2.0),
+}
+
+
+@pytest.mark.parametrize("backend", ["clarabel", "scs", "osqp"])
+@pytest.mark.parametrize("form", ["constrained", "regularized"])
+@pytest.mark.parametrize("relu", [True, False])
+def test_backend_matches_independent_oracle(backend, form, relu):
+    if backend == "osqp" and form == "constrained":
+        pytest.skip("OSQP takes QPs only; covered by test_osqp_rejects_constrained_form")
+    X, Y, _, _ = make_layer(1, relu=relu)
+    prob = cn.NetTrimProblem(X, Y, relu=relu, bias=True, **FORMS[form])
+    res = prob.solve(backend=backend)
+    value, _ = oracle(X, Y, relu=relu, bias=True, epsilon=prob.epsilon, lam=prob.lam)
+    assert res.status == "optimal"
+    assert res.objective == pytest.approx(value, rel=RTOL[backend])
+    assert res.violation <= 1e-5
+    assert res.W.shape == (8, 4) and res.b.shape == (4,)
+    # Proposition 1: the constrained solution keeps the layer within epsilon of Y.
+    if form == "constrained":
+        assert res.discrepancy <= prob.epsilon * (1 + 1e-5)
+
+
+def test_thresholds_V_and_unpenalized_bias_match_oracle():
+    X, Y, W, b = make_layer(2)
+    V = 0.2 * np.random.default_rng(3).standard_normal(Y.shape)
+    prob = cn.NetTrimProblem(X, Y, epsilon=1.0, V=V, bias=True)
+    res = prob.solve(backend="clarabel")
+    value, _ = oracle(X, Y, relu=True, bias=True, epsilon=1.0, V=V)
+    assert res.objective == pytest.approx(value, rel=1e-6)
+    free = cn.NetTrimProblem(X, Y, lam=1.0, bias=True, penalize_bias=False).solve("clarabel")
+    assert free.objective == pytest.approx(float(np.abs(free.W).sum())
+                                           + np.sum(np.where(Y > 0, X @ free.W + free.b - Y, 0) ** 2),
+                                           rel=1e-9)
+
+
+def test_split_budget_is_per_column_program():
+    X, Y, _, _ = make_layer(4, bias=False)
+    prob = cn.NetTrimProblem(X, Y, rel_epsilon=0.1, split_budget=True)
+    assert np.sum(prob.column_budgets ** 2) == pytest.approx(prob.epsilon ** 2)
+    res = prob.solve(backend="clarabel")
+    total = 0.0
+    for m in range(Y.shape[1]):
+        value, _ = oracle(X, Y[:, [m]], relu=True, bias=False, epsilon=prob.column_budgets[m])
+        total += value
+    assert res.objective == pytest.approx(total, rel=1e-6)
+    residual = np.where(Y > 0, X @ res.W - Y, 0)
+    assert np.all(np.linalg.norm(residual, axis=0) <= prob.column_budgets * (1 + 1e-6))
+
+
+def test_exact_zeros_and_cleaning_keeps_feasibility():
+    X, Y, _, _ = make_layer(5, P=80, N=20, M=3)
+    res = cn.NetTrimProblem(X, Y, rel_epsilon=0.3, bias=True).solve(backend="clarabel")
+    assert res.sparsity > 0.2  # a loose budget prunes; zeros are exact, not tiny
+    assert np.count_nonzero(res.W) == np.count_nonzero(np.abs(res.W) > 1e-12)
+    assert res.violation <= res.problem.feas_tol
+
+
+def test_dual_is_the_gradient_of_the_loss():
+    X, Y, _, _ = make_layer(6)
+    res = cn.NetTrimProblem(X, Y, lam=3.0, bias=True).solve(backend="clarabel")
+    Z = res.problem.X_design @ res.W_design
+    active = res.problem.active
+    # On Omega the dual is 2 lam (Z - Y); off Omega it is a nonnegative multiplier.
+    np.testing.assert_allclose(res.dual[active], 6.0 * (Z - Y)[active], atol=1e-6)
+    assert res.dual[~active].min() >= -1e-7
+    stationarity = res.problem.X_design.T @ res.dual
+    support = res.W_design != 0
+    np.testing.assert_allclose(stationarity[support], -np.sign(res.W_design[support]), atol=1e-5)
+    assert np.abs(stationarity).max() <= 1 + 1e-6
+
+
+def test_regularized_compiles_one_column_program(monkeypatch):
+    built = []
+    original = ColumnProgram.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ColumnProgram, "__init__", counting)
+    X, Y, _, _ = make_layer(7, M=6)
+    res = cn.NetTrimProblem(X, Y, lam=1.0).solve(backend="clarabel")
+    assert len(built) == 1 and len(res.column_status) == 6
+    program = ColumnProgram(X, np.ones(8), form="regularized", lam=1.0, has_inequality=True)
+    assert program.problem.is_dpp()
+
+
+def test_to_cvxpy_composes_with_user_constraints():
+    X, Y, W, _ = make_layer(8, bias=False)
+    prob = cn.NetTrimProblem(X, Y, rel_epsilon=0.2)
+    problem, U = prob.to_cvxpy()
+    # Pin the first input's weights to the trained ones (feasible: W itself satisfies the rest).
+    composed = cp.Problem(problem.objective, problem.constraints + [U[0, :] == W[0, :]])
+    composed.solve(solver="CLARABEL")
+    value, _ = oracle(X, Y, relu=True, bias=False, epsilon=prob.epsilon,
+                      extra=lambda V: [V[0, :] == W[0, :]])
+    assert composed.value == pytest.approx(value, rel=1e-6)
+    np.testing.assert_allclose(U.value[0], W[0], atol=1e-8)
+    assert composed.value >= prob.solve("clarabel").objective - 1e-6
+
+
+def test_infeasible_program_reports_status_without_weights():
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((30, 3))
+    Y = np.abs(rng.standard_normal((30, 2))) + 0.1  # not reachable by any X @ U
+    res = cn.NetTrimProblem(X, Y, epsilon=0.0).solve(backend="clarabel")
+    assert res.status == "infeasible" and res.W is None and res.objective == np.inf
+
+
+def test_solve_leaves_inputs_untouched():
+    X, Y, _, _ = make_layer(10)
+    X0, Y0 = X.copy(), Y.copy()
+    cn.NetTrimProblem(X, Y, lam=1.0, bias=True).solve("clarabel")
+    np.testing.assert_array_equal(X, X0)
+    np.testing.assert_array_equal(Y, Y0)
+
+
+def test_from_weights_rebuilds_the_layer():
+    X, Y, W, b = make_layer(11)
+    prob = cn.NetTrimProblem.from_weights(X, W, b, epsilon=0.5)
+    np.testing.assert_allclose(prob.Y, Y)
+    assert prob.bias and prob.X_design.shape == (50, 9)
+
+
+# ----------------------------------------------------------------------------- bad input
+X_OK, Y_OK, _, _ = make_layer(0)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(X=np.where(np.eye(50, 8) > 0, np.nan, X_OK), Y=Y_OK, epsilon=1.0), "X has"),
+    (dict(X=X_OK, Y=np.where(np.eye(50, 4) > 0, np.inf, Y_OK), epsilon=1.0), "Y has"),
+    (dict(X=X_OK[:40], Y=Y_OK, epsilon=1.0), "rows"),
+    (dict(X=X_OK[:, 0], Y=Y_OK, epsilon=1.0), "2-D"),
+    (dict(X=X_OK, Y=Y_OK, epsilon=1.0, lam=1.0), "exactly one"),
+    (dict(X=X_OK, Y=Y_OK), "exactly one"),
+    (dict(X=X_OK, Y=Y_OK, epsilon=-1.0), "epsilon"),
+    (dict(X=X_OK, Y=Y_OK, rel_epsilon=float("nan")), "rel_epsilon"),
+    (dict(X=X_OK, Y=Y_OK, lam=0.0), "lam"),
+    (dict(X=X_OK, Y=Y_OK, lam=-2.0), "lam"),
+    (dict(X=X_OK, Y=Y_OK, epsilon=1.0, V=np.zeros((50, 3))), "V must"),
+    (dict(X=X_OK, Y=-Y_OK - 1, epsilon=1.0), "relu=False"),
+    (dict(X=X_OK, Y=Y_OK, lam=1.0, split_budget=True), "split_budget"),
+])
+def test_bad_problem_input_raises_typed_error(kwargs, words):
+    with pytest.raises(cn.InvalidInputError, match=words):
+        cn.NetTrimProblem(**kwargs)
+
+
+def test_backend_errors_name_the_alternatives():
+    prob = cn.NetTrimProblem(X_OK, Y_OK, epsilon=1.0)
+    with pytest.raises(cn.BackendUnavailableError, match="clarabel"):
+        prob.solve(backend="gurobi")
+    with pytest.raises(cn.BackendUnavailableError, match="regularized"):
+        prob.solve(backend="osqp")
+    with pytest.raises(cn.InvalidInputError, match="solver_options"):
+        prob.solve(backend="clarabel", solver_options=["max_iter"])
