@@ -19,6 +19,7 @@ __all__ = [
     "check_finite_data",
     "check_scalar",
     "check_integer",
+    "check_shape",
 ]
 
 
@@ -113,3 +114,10 @@ def check_integer(name: str, value, *, low: int | None = None) -> int:
     if low is not None and value < low:
         raise InvalidInputError(f"{name} must be >= {low}; got {value}.")
     return value
+
+
+def check_shape(name: str, x: np.ndarray, shape: tuple[int, ...], meaning: str = "") -> None:
+    """Raise when ``x.shape`` differs from ``shape``; ``meaning`` names the dimensions, e.g. "(P, M)"."""
+    if tuple(x.shape) != tuple(shape):
+        label = f" {meaning}" if meaning else ""
+        raise InvalidInputError(f"{name} must have shape {tuple(shape)}{label}; got {tuple(x.shape)}.")

@@ -1,0 +1,344 @@
+"""Dual points of a Net-Trim layer: construction from a primal, repair to feasibility, dual value.
+
+Numpy only: the duality-gap certificate must not depend on the solvers it checks.
+
+Notation (batch-first, as in :mod:`convexnet.certificates`): ``X`` (P, N), ``W`` (N, M),
+``Z = X @ W``, mask ``active`` (P, M) (Omega), penalty weights ``c`` (N,). A dual point is
+``Lambda`` (P, M): ``xi = Lambda`` on Omega and ``mu = Lambda >= 0`` off it. It is dual feasible when
+``|X^T Lambda|[n, m] <= c[n]`` for every entry (so exactly 0 on a row with ``c[n] = 0``) and
+``mu >= 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# An entry of W counts in the support when it exceeds this fraction of its column's largest entry
+# (and the column's largest exceeds this fraction of the layer's): solvers' iterates carry tiny
+# non-zeros that are not part of the solution.
+SUPPORT_TOL = 1e-6
+# Aligning a supplied dual to the support is a polish: a correction larger than this fraction of
+# the column means the support guess is wrong, and the column is left as it was.
+ALIGN_TOL = 1e-3
+# Off Omega, Z[p, m] >= V[p, m] - INEQUALITY_ACTIVE_TOL * scale counts as a tight inequality, one
+# that may carry a multiplier mu > 0 (complementary slackness up to the solver's accuracy).
+INEQUALITY_ACTIVE_TOL = 1e-6
+# A residual is cancelled on the unpenalized rows when it falls below this fraction of the size
+# of the terms it is made of; otherwise the column's dual is dropped (set to 0, always feasible).
+CANCEL_TOL = 1e-10
+
+
+@dataclass(frozen=True)
+class LayerLoss:
+    """The data-fit part ``f(Z)`` of the layer program.
+
+    ``kind`` is ``"regularized"`` (``lam * sum_Omega (Z - Y)^2``), ``"coupled"`` (one budget
+    ``||(Z - Y)_Omega||_F <= epsilon``) or ``"per_column"`` (``||(Z - Y)_Omega[:, m]|| <= budgets[m]``);
+    each also carries ``Z <= V`` off Omega.
+    """
+
+    kind: str
+    lam: float | None = None
+    epsilon: float | None = None
+    budgets: np.ndarray | None = None
+
+
+def dual_objective_parts(Y, V, active, dual, loss: LayerLoss) -> tuple[float, float]:
+    """Split the dual objective into ``(linear, quadratic)``: value at ``t * Lambda`` is
+    ``t * linear - t^2 * quadratic``.
+
+    regularized: ``linear = -<Y_A, xi> - <V_B, mu>``, ``quadratic = ||xi||^2 / (4 lam)``;
+    constrained: ``linear = -<Y_A, xi> - <V_B, mu> - epsilon ||xi||`` (coupled) or
+    ``- sum_m epsilon_m ||xi_m||`` (per column), ``quadratic = 0`` (the dual is homogeneous).
+    """
+    xi = np.where(active, dual, 0.0)
+    mu = np.where(active, 0.0, dual)
+    linear = -float(np.sum(Y * xi)) - float(np.sum(V * mu))
+    if loss.kind == "regularized":
+        return linear, float(np.sum(xi ** 2)) / (4.0 * loss.lam)
+    if loss.kind == "coupled":
+        return linear - loss.epsilon * float(np.linalg.norm(xi)), 0.0
+    return linear - float(np.sum(loss.budgets * np.linalg.norm(xi, axis=0))), 0.0
+
+
+def best_scale(linear: float, quadratic: float, largest: float) -> float:
+    """The ``t`` in ``[0, largest]`` maximizing ``t * linear - t^2 * quadratic``.
+
+    ``largest`` may be ``inf`` (the direction has ``X^T Lambda = 0`` on penalized rows); an unbounded
+    increase then means the primal is infeasible, and ``t = 1`` is returned rather than a number
+    that overflows.
+    """
+    if quadratic > 0.0:
+        return float(np.clip(linear / (2.0 * quadratic), 0.0, largest))
+    if linear <= 0.0:
+        return 0.0
+    return largest if np.isfinite(largest) else 1.0
+
+
+def cancel_unpenalized(X, active, dual, unpenalized) -> tuple[np.ndarray, tuple[int, ...]]:
+    """Make ``X[:, unpenalized]^T Lambda = 0`` column by column, keeping ``mu`` untouched.
+
+    An unpenalized row ``n`` (``c[n] = 0``) allows only ``(X^T Lambda)[n, m] = 0``. The residual is
+    removed from ``xi`` alone, by the smallest change: ``xi_m <- xi_m - G^+T r`` with
+    ``G = X[Omega_m, unpenalized]`` and ``r = X[:, unpenalized]^T Lambda_m``; as ``mu`` is unchanged it stays
+    nonnegative. When ``r`` is not in the range of ``G^T`` (no active row, or ``G`` rank deficient
+    in the wrong direction), no change of ``xi`` cancels it; the column's dual is then set to 0, which
+    is always feasible, and the column is reported as dropped.
+
+    Returns
+    -------
+    dual : ndarray, shape (P, M)
+    dropped : tuple of int
+        The columns set to 0.
+    """
+    dual = dual.copy()
+    if not unpenalized.any():
+        return dual, ()
+    X_free = X[:, unpenalized]
+    dropped = []
+    for m in range(dual.shape[1]):
+        residual = X_free.T @ dual[:, m]
+        if not np.any(residual):
+            continue
+        rows = active[:, m]
+        if rows.any():
+            correction = np.linalg.lstsq(X_free[rows].T, residual, rcond=None)[0]
+            dual[rows, m] -= correction
+            size = np.linalg.norm(X_free) * np.linalg.norm(dual[:, m])
+            if np.linalg.norm(X_free.T @ dual[:, m]) <= CANCEL_TOL * max(size, 1.0):
+                continue
+        dual[:, m] = 0.0
+        dropped.append(m)
+    return dual, tuple(dropped)
+
+
+def bounded_least_squares(matrix, target, free_count: int) -> np.ndarray:
+    """``argmin ||matrix @ x - target||`` s.t. ``x[free_count:] >= 0`` (the first entries are free).
+
+    Lawson and Hanson's active-set method, with the free entries always in the passive set. The
+    result only needs to be good, not exact: the caller clips and rescales it to a feasible dual.
+    """
+    count = matrix.shape[1]
+    solution = np.zeros(count)
+    passive = np.zeros(count, dtype=bool)
+    passive[:free_count] = True
+    bounded = ~passive
+
+    def solve_on(columns):
+        values = np.zeros(count)
+        if columns.any():
+            values[columns] = np.linalg.lstsq(matrix[:, columns], target, rcond=None)[0]
+        return values
+
+    solution = solve_on(passive)
+    scale = max(float(np.abs(matrix).sum(axis=0).max(initial=0.0)), 1.0)
+    threshold = 10.0 * np.finfo(float).eps * scale * max(float(np.abs(target).max(initial=0.0)), 1.0)
+    for _ in range(3 * count):
+        gradient = matrix.T @ (target - matrix @ solution)
+        candidates = bounded & ~passive & (gradient > threshold)
+        if not candidates.any():
+            break
+        passive[np.argmax(np.where(candidates, gradient, -np.inf))] = True
+        for _ in range(count):
+            trial = solve_on(passive)
+            negative = bounded & passive & (trial <= 0.0)
+            if not negative.any():
+                solution = trial
+                break
+            step = np.min(solution[negative] / (solution[negative] - trial[negative]))
+            solution = solution + step * (trial - solution)
+            leaving = bounded & passive & (solution <= threshold)
+            passive[leaving] = False
+            solution[leaving] = 0.0
+    return solution
+
+
+def construct_dual(X, Y, V, active, W, weights, loss: LayerLoss) -> np.ndarray:
+    """A dual point built from the primal alone, exact when ``W`` is optimal and nondegenerate.
+
+    Optimality gives, on each column's support ``S_m`` (and on the unpenalized rows, target 0)::
+
+        X[:, S]^T (xi_m + mu_m) = -c_S * sign(W[S, m])
+
+    with ``xi_m = 2 lam r_m`` (regularized) or ``xi_m = a_m r_m``, ``a_m = lambda / ||r||`` with the
+    budget's multiplier ``lambda >= 0`` (constrained; ``r = (Z - Y)_Omega``), and ``mu_m >= 0``
+    supported on the tight inequalities ``Z = V``. The unknowns are fitted by nonnegative least squares.
+    The coupled budget shares one ``a``: the median of the per-column fits, then ``mu`` is refitted.
+    A zero budget (``r = 0``) leaves ``xi`` free; an inactive one makes ``xi = 0``.
+
+    Returns
+    -------
+    dual : ndarray, shape (P, M)
+        Not yet feasible: :func:`repair_dual` makes it so.
+    """
+    Z = X @ W
+    residual = np.where(active, Z - Y, 0.0)
+    scale = max(float(np.abs(Y).max(initial=0.0)), float(np.abs(V).max(initial=0.0))) or 1.0
+    tight = ~active & (Z - V >= -INEQUALITY_ACTIVE_TOL * scale)
+    unpenalized = weights == 0
+    P, M = Y.shape
+    dual = np.zeros((P, M))
+
+    budget_mode = _budget_mode(residual, loss)
+    coefficients = np.zeros(M)
+    supports = support_mask(W, weights)
+
+    def fit(m, coefficient):
+        """Fit column m; ``coefficient`` is the fixed a_m, or None to fit it (or free xi)."""
+        support = supports[:, m]
+        equations = support | unpenalized
+        target = np.where(support, -weights * np.sign(W[:, m]), 0.0)[equations]
+        X_eq = X[:, equations]
+        rows_tight = tight[:, m]
+        rows_active = active[:, m]
+        if coefficient is not None:
+            xi = coefficient * residual[:, m]
+            fitted = bounded_least_squares(X_eq[rows_tight].T, target - X_eq.T @ xi, 0)
+            dual[:, m] = xi
+            dual[rows_tight, m] = fitted
+            return coefficient
+        if budget_mode[m] == "free":
+            free = X_eq[rows_active].T
+            fitted = bounded_least_squares(np.hstack([free, X_eq[rows_tight].T]), target, free.shape[1])
+            dual[rows_active, m] = fitted[:free.shape[1]]
+            dual[rows_tight, m] = fitted[free.shape[1]:]
+            return 0.0
+        direction = X_eq.T @ residual[:, m]
+        fitted = bounded_least_squares(np.column_stack([direction, X_eq[rows_tight].T]), target, 0)
+        dual[:, m] = fitted[0] * residual[:, m]
+        dual[rows_tight, m] = fitted[1:]
+        return float(fitted[0])
+
+    for m in range(M):
+        if loss.kind == "regularized":
+            fit(m, 2.0 * loss.lam)
+        elif budget_mode[m] == "inactive":
+            fit(m, 0.0)
+        else:
+            coefficients[m] = fit(m, None)
+    if loss.kind == "coupled" and budget_mode[0] == "direction":
+        informative = np.linalg.norm(residual, axis=0) > 0
+        shared = float(np.median(coefficients[informative])) if informative.any() else 0.0
+        for m in range(M):
+            fit(m, shared)
+    return dual
+
+
+def _budget_mode(residual, loss: LayerLoss) -> list[str]:
+    """Per column: ``"direction"`` (xi along the residual), ``"free"`` (zero budget) or ``"inactive"``."""
+    M = residual.shape[1]
+    if loss.kind == "regularized":
+        return ["direction"] * M
+    if loss.kind == "coupled":
+        norm = float(np.linalg.norm(residual))
+        if loss.epsilon == 0.0 or norm == 0.0:
+            return ["free"] * M
+        # A budget left unused has multiplier 0 (complementary slackness).
+        return ["inactive" if norm < (1.0 - 1e-4) * loss.epsilon else "direction"] * M
+    modes = []
+    for norm, budget in zip(np.linalg.norm(residual, axis=0), loss.budgets):
+        if budget == 0.0 or norm == 0.0:
+            modes.append("free")
+        else:
+            modes.append("inactive" if norm < (1.0 - 1e-4) * budget else "direction")
+    return modes
+
+
+def support_mask(W, weights) -> np.ndarray:
+    """The penalized entries of ``W`` (N, M) that count as non-zero (``SUPPORT_TOL``)."""
+    column_max = np.abs(W).max(axis=0, initial=0.0)
+    live = column_max > SUPPORT_TOL * float(column_max.max(initial=0.0))
+    return (np.abs(W) > SUPPORT_TOL * column_max) & live & (weights > 0)[:, None]
+
+
+def align_to_support(X, Y, V, active, dual, W, weights) -> np.ndarray:
+    """Change ``Lambda`` as little as possible so that optimality holds exactly on the support of ``W``.
+
+    For each column, with ``S_m`` the support (entries above ``SUPPORT_TOL`` of the column's
+    largest, penalized rows) and ``U`` the unpenalized rows, find the smallest ``delta``, non-zero only
+    on Omega and on the tight inequalities (``Z = V`` up to ``INEQUALITY_ACTIVE_TOL``), with
+    ``X[:, S_m + U]^T (Lambda_m + delta) = (-c_S sign(W[S, m]), 0)``. A ``Lambda`` from an approximate
+    solver is off by ``d`` on the support, which costs ``O(d)`` in the gap when fixed by scaling; fixing
+    it here costs ``O(d^2)`` (the Fenchel-Young terms are quadratic in ``delta``). A column whose
+    equations cannot be met this way, or only by a change above ``ALIGN_TOL`` of the column (the
+    support guess is then wrong), is left as it was. ``mu`` may turn negative where it was about 0;
+    the caller clips it again.
+    """
+    aligned = dual.copy()
+    unpenalized = weights == 0
+    Z = X @ W
+    scale = max(float(np.abs(Y).max(initial=0.0)), float(np.abs(V).max(initial=0.0))) or 1.0
+    movable = active | (Z - V >= -INEQUALITY_ACTIVE_TOL * scale)
+    supports = support_mask(W, weights)
+    for m in range(dual.shape[1]):
+        support = supports[:, m]
+        equations = support | unpenalized
+        rows = movable[:, m]
+        if not equations.any() or not rows.any():
+            continue
+        target = np.where(support, -weights * np.sign(W[:, m]), 0.0)[equations]
+        X_eq = X[:, equations]
+        residual = X_eq.T @ dual[:, m] - target
+        correction = np.linalg.lstsq(X_eq[rows].T, residual, rcond=None)[0]
+        column = dual[:, m].copy()
+        column[rows] -= correction
+        size = np.linalg.norm(X_eq) * max(np.linalg.norm(column), 1.0)
+        small = np.linalg.norm(correction) <= ALIGN_TOL * np.linalg.norm(dual[:, m])
+        if small and np.linalg.norm(X_eq.T @ column - target) <= CANCEL_TOL * size:
+            aligned[:, m] = column
+    return aligned
+
+
+@dataclass(frozen=True)
+class RepairedDual:
+    """A dual-feasible point and how it was obtained from the candidate."""
+
+    dual: np.ndarray
+    scale: float
+    dropped_columns: tuple[int, ...]
+    unpenalized_residual: float
+    value: float
+    aligned: bool = False
+
+
+def repair_dual(X, Y, V, active, dual, weights, loss: LayerLoss, W=None) -> RepairedDual:
+    """Turn any candidate ``Lambda`` into a dual-feasible one and evaluate the dual there.
+
+    Steps: clip ``mu`` to ``>= 0``; cancel ``X^T Lambda`` on unpenalized rows
+    (:func:`cancel_unpenalized`); then scale by the ``t`` in ``[0, t_max]``,
+    ``t_max = 1 / max_{n, m : c_n > 0} |X^T Lambda|[n, m] / c_n``, that maximizes the dual objective
+    (every such ``t`` keeps the point feasible since 0 is feasible and the set convex). With
+    ``t = 1 / max(1, ...)`` as a fallback this is the usual scaling; the line search only tightens it.
+    When ``W`` is given the candidate aligned to its support (:func:`align_to_support`) is repaired
+    too and the better of the two kept: each is a valid lower bound.
+
+    Returns
+    -------
+    RepairedDual
+        ``unpenalized_residual`` is ``max |X^T Lambda|`` on unpenalized rows after scaling: round-off.
+    """
+    candidate = np.where(active, dual, np.maximum(dual, 0.0))
+    best = _repair_clipped(X, Y, V, active, candidate, weights, loss)
+    if W is not None:
+        aligned = align_to_support(X, Y, V, active, candidate, W, weights)
+        aligned = _repair_clipped(X, Y, V, active, np.where(active, aligned, np.maximum(aligned, 0.0)),
+                                  weights, loss, aligned=True)
+        if aligned.value > best.value:
+            best = aligned
+    return best
+
+
+def _repair_clipped(X, Y, V, active, candidate, weights, loss, aligned=False) -> RepairedDual:
+    candidate, dropped = cancel_unpenalized(X, active, candidate, weights == 0)
+    correlation = np.abs(X.T @ candidate)
+    penalized = weights > 0
+    ratio = float((correlation[penalized] / weights[penalized, None]).max(initial=0.0))
+    largest = 1.0 / ratio if ratio > 0 else np.inf
+    linear, quadratic = dual_objective_parts(Y, V, active, candidate, loss)
+    scale = best_scale(linear, quadratic, largest)
+    residual = float(correlation[~penalized].max(initial=0.0)) * scale
+    return RepairedDual(dual=scale * candidate, scale=scale, dropped_columns=dropped,
+                        unpenalized_residual=residual,
+                        value=scale * linear - scale ** 2 * quadratic, aligned=aligned)
