@@ -16,7 +16,8 @@ from ._validation import as_float_array, check_scalar
 from .errors import InvalidInputError, SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
 
-__all__ = ["trim_network", "NetworkResult", "forward"]
+__all__ = ["trim_network", "NetworkResult", "forward", "check_trim_options", "layer_budget",
+           "cascade_budget", "next_bound", "raise_if_failed"]
 
 _MODES = ("parallel", "cascade")
 
@@ -29,6 +30,67 @@ def forward(weights, biases, X, *, last_relu: bool = False) -> list[np.ndarray]:
         Y = np.maximum(Z, 0.0) if (index < len(weights) - 1 or last_relu) else Z
         outputs.append(Y)
     return outputs
+
+
+def check_trim_options(*, epsilon, rel_epsilon, lam, mode: str, gamma) -> float:
+    """Check the budget, mode and gamma shared by every network-level trim; return ``gamma``.
+
+    Exactly one of ``epsilon``, ``rel_epsilon`` (``>= 0``) and ``lam`` (``> 0``) is given, ``mode`` is
+    "cascade" or "parallel" and ``gamma >= 1`` (the inflation rate of eq. 7).
+    """
+    if mode not in _MODES:
+        raise InvalidInputError(f"mode must be 'cascade' or 'parallel'; got {mode!r}.")
+    given = [n for n, v in (("epsilon", epsilon), ("rel_epsilon", rel_epsilon), ("lam", lam))
+             if v is not None]
+    if len(given) != 1:
+        raise InvalidInputError("give exactly one of epsilon, rel_epsilon or lam; "
+                                f"got {given or 'none'}.")
+    gamma = check_scalar("gamma", gamma)
+    if gamma < 1.0:
+        raise InvalidInputError(f"gamma must be >= 1 (the inflation rate of eq. 7); got {gamma}.")
+    for name, value in (("epsilon", epsilon), ("rel_epsilon", rel_epsilon)):
+        if value is not None:
+            check_scalar(name, value, low=0.0)
+    if lam is not None:
+        check_scalar("lam", lam, low=0.0, low_inclusive=False)
+    return gamma
+
+
+def layer_budget(Y: np.ndarray, *, epsilon=None, rel_epsilon=None, lam=None) -> dict:
+    """The budget keyword of a layer refit from the original activations.
+
+    Every layer in parallel mode and the first in cascade mode: ``{"lam": lam}``,
+    ``{"epsilon": rel_epsilon * ||Y||_F}`` or ``{"epsilon": epsilon}``, for the target ``Y`` (P, M).
+    """
+    if lam is not None:
+        return {"lam": lam}
+    if rel_epsilon is not None:
+        return {"epsilon": rel_epsilon * float(np.linalg.norm(Y))}
+    return {"epsilon": epsilon}
+
+
+def cascade_budget(pre: np.ndarray, Y: np.ndarray, *, relu: bool, gamma: float, lam=None) -> dict:
+    """Thresholds and budget of a cascade layer ``l >= 2`` (Algorithm 2, eq. 7).
+
+    Parameters
+    ----------
+    pre : ndarray, shape (P, M)
+        ``Yhat_{l-1} @ W_l + b_l``: the ORIGINAL weights applied to the pruned network's input.
+    Y : ndarray, shape (P, M)
+        The original network's output of the layer (the target).
+    relu : bool
+        Whether the layer has a ReLU (Omega is ``Y > 0``, otherwise every entry).
+
+    Returns
+    -------
+    dict
+        ``{"V": pre, "epsilon": sqrt(gamma * sum_Omega (pre - Y)^2)}``, or ``{"V": pre, "lam": lam}``
+        for the regularized form; keywords of :class:`NetTrimProblem`.
+    """
+    if lam is not None:
+        return {"V": pre, "lam": lam}
+    omega = Y > 0 if relu else np.ones(Y.shape, dtype=bool)
+    return {"V": pre, "epsilon": float(np.sqrt(gamma * np.sum(np.where(omega, pre - Y, 0.0) ** 2)))}
 
 
 @dataclass
@@ -160,21 +222,8 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
     program is satisfied (each layer result reports its ``violation``). The regularized form gives
     no such guarantee: its bound is NaN.
     """
-    if mode not in _MODES:
-        raise InvalidInputError(f"mode must be 'cascade' or 'parallel'; got {mode!r}.")
-    given = [n for n, v in (("epsilon", epsilon), ("rel_epsilon", rel_epsilon), ("lam", lam))
-             if v is not None]
-    if len(given) != 1:
-        raise InvalidInputError("give exactly one of epsilon, rel_epsilon or lam; "
-                                f"got {given or 'none'}.")
-    gamma = check_scalar("gamma", gamma)
-    if gamma < 1.0:
-        raise InvalidInputError(f"gamma must be >= 1 (the inflation rate of eq. 7); got {gamma}.")
-    for name, value in (("epsilon", epsilon), ("rel_epsilon", rel_epsilon)):
-        if value is not None:
-            check_scalar(name, value, low=0.0)
-    if lam is not None:
-        check_scalar("lam", lam, low=0.0, low_inclusive=False)
+    gamma = check_trim_options(epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam, mode=mode,
+                               gamma=gamma)
     weights, biases, X = _check_network(weights, biases, X)
     check_backend(backend, "regularized" if lam is not None else "constrained")
 
@@ -185,18 +234,14 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
     options = dict(backend=backend, solver_options=solver_options)
     common = dict(penalize_bias=penalize_bias, split_budget=split_budget if lam is None else False)
 
-    def budget(index, Y):
-        if lam is not None:
-            return {"lam": lam}
-        if rel_epsilon is not None:
-            return {"epsilon": rel_epsilon * float(np.linalg.norm(Y))}
-        return {"epsilon": epsilon}
+    def budget(Y):
+        return layer_budget(Y, epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam)
 
     layers: list[NetTrimResult] = []
     if mode == "parallel":
         inputs = [X, *originals[:-1]]
         problems = [NetTrimProblem(inputs[i], originals[i], relu=relus[i], bias=biases[i] is not None,
-                                   **budget(i, originals[i]), **common) for i in range(n_layers)]
+                                   **budget(originals[i]), **common) for i in range(n_layers)]
         if executor is None:
             for i, problem in enumerate(problems):
                 layers.append(problem.solve(**options))
@@ -211,21 +256,19 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
         for i in range(n_layers):
             if i == 0:
                 problem = NetTrimProblem(X, originals[0], relu=relus[0], bias=biases[0] is not None,
-                                         **budget(0, originals[0]), **common)
+                                         **budget(originals[0]), **common)
             else:
                 pre = current @ weights[i] + (0.0 if biases[i] is None else biases[i])
-                spec = {"lam": lam} if lam is not None else {
-                    "epsilon": float(np.sqrt(gamma * np.sum(
-                        np.where(originals[i] > 0 if relus[i] else True, pre - originals[i], 0.0) ** 2)))}
-                problem = NetTrimProblem(current, originals[i], V=pre, relu=relus[i],
+                spec = cascade_budget(pre, originals[i], relu=relus[i], gamma=gamma, lam=lam)
+                problem = NetTrimProblem(current, originals[i], relu=relus[i],
                                          bias=biases[i] is not None, **spec, **common)
             layers.append(problem.solve(executor=executor, **options))
             _report(progress, i, n_layers, layers[-1])
-            _raise_if_failed(layers[-1], i)
+            raise_if_failed(layers[-1], f"layer {i + 1}")
             current = problem.activation(current @ layers[-1].W + _bias_or_zero(layers[-1]))
 
     for i, layer in enumerate(layers):
-        _raise_if_failed(layer, i)
+        raise_if_failed(layer, f"layer {i + 1}")
     new_weights = [layer.W for layer in layers]
     new_biases = [layer.b for layer in layers]
     pruned = forward(new_weights, new_biases, X, last_relu=last_relu)
@@ -250,10 +293,11 @@ def _report(progress, index, n_layers, layer) -> None:
         progress(index, n_layers, layer)
 
 
-def _raise_if_failed(layer: NetTrimResult, index: int) -> None:
+def raise_if_failed(layer: NetTrimResult, label: str) -> None:
+    """Raise :class:`SolverFailedError` naming ``label`` when ``layer`` holds no solution."""
     if layer.W_design is None:
         raise SolverFailedError(
-            f"layer {index + 1}: backend {layer.backend!r} returned no solution (status "
+            f"{label}: backend {layer.backend!r} returned no solution (status "
             f"{layer.status!r}); try another backend or a larger epsilon.", status=layer.status)
 
 
@@ -261,14 +305,23 @@ def _spectral_norm(W: np.ndarray) -> float:
     return float(np.linalg.norm(W, 2)) if W.size else 0.0
 
 
+def next_bound(mode: str, previous: float, epsilon: float, W: np.ndarray, W_new: np.ndarray,
+               gamma: float) -> float:
+    """The bound on ``||Yhat_l - Y_l||_F`` given the bound ``previous`` on layer ``l - 1``.
+
+    Theorem 1 (parallel) or Theorem 2 (cascade) in the form valid for any network (see
+    :func:`trim_network`); ``W`` and ``W_new`` are the original and pruned ``(N, M)`` weights
+    without the bias row, ``epsilon`` the layer's budget.
+    """
+    if mode == "parallel":
+        return _spectral_norm(W_new) * previous + epsilon
+    return float(np.sqrt(gamma)) * _spectral_norm(W) * previous
+
+
 def _bounds(mode, epsilons, weights, new_weights, gamma) -> np.ndarray:
     """Theorem 1 / Theorem 2 bounds in the form valid for any network (see trim_network)."""
     bound = np.empty(len(weights))
-    for i in range(len(weights)):
-        if i == 0:
-            bound[i] = epsilons[0]
-        elif mode == "parallel":
-            bound[i] = _spectral_norm(new_weights[i]) * bound[i - 1] + epsilons[i]
-        else:
-            bound[i] = np.sqrt(gamma) * _spectral_norm(weights[i]) * bound[i - 1]
+    bound[0] = epsilons[0]
+    for i in range(1, len(weights)):
+        bound[i] = next_bound(mode, bound[i - 1], epsilons[i], weights[i], new_weights[i], gamma)
     return bound
