@@ -24,7 +24,7 @@ SUPPORT_TOL = 1e-6
 ALIGN_TOL = 1e-3
 # Off Omega, Z[p, m] >= V[p, m] - INEQUALITY_ACTIVE_TOL * scale counts as a tight inequality, one
 # that may carry a multiplier mu > 0 (complementary slackness up to the solver's accuracy).
-INEQUALITY_ACTIVE_TOL = 1e-6
+INEQUALITY_ACTIVE_TOL = 1e-4
 # A residual is cancelled on the unpenalized rows when it falls below this fraction of the size
 # of the terms it is made of; otherwise the column's dual is dropped (set to 0, always feasible).
 CANCEL_TOL = 1e-10
@@ -232,18 +232,15 @@ def _budget_mode(residual, loss: LayerLoss) -> list[str]:
     if loss.kind == "regularized":
         return ["direction"] * M
     if loss.kind == "coupled":
-        norm = float(np.linalg.norm(residual))
-        if loss.epsilon == 0.0 or norm == 0.0:
-            return ["free"] * M
-        # A budget left unused has multiplier 0 (complementary slackness).
-        return ["inactive" if norm < (1.0 - 1e-4) * loss.epsilon else "direction"] * M
-    modes = []
-    for norm, budget in zip(np.linalg.norm(residual, axis=0), loss.budgets):
-        if budget == 0.0 or norm == 0.0:
-            modes.append("free")
-        else:
-            modes.append("inactive" if norm < (1.0 - 1e-4) * budget else "direction")
-    return modes
+        return [_mode(float(np.linalg.norm(residual)), loss.epsilon)] * M
+    return [_mode(norm, budget) for norm, budget in zip(np.linalg.norm(residual, axis=0), loss.budgets)]
+
+
+def _mode(norm: float, budget: float) -> str:
+    if budget == 0.0:
+        return "free"
+    # A budget left unused has multiplier 0 (complementary slackness).
+    return "inactive" if norm < (1.0 - 1e-4) * budget else "direction"
 
 
 def support_mask(W, weights) -> np.ndarray:
@@ -339,6 +336,7 @@ def _repair_clipped(X, Y, V, active, candidate, weights, loss, aligned=False) ->
     linear, quadratic = dual_objective_parts(Y, V, active, candidate, loss)
     scale = best_scale(linear, quadratic, largest)
     residual = float(correlation[~penalized].max(initial=0.0)) * scale
+    # Adding 0.0 turns the -0.0 of a zero dual into 0.0 in reports.
+    value = scale * linear - scale ** 2 * quadratic + 0.0
     return RepairedDual(dual=scale * candidate, scale=scale, dropped_columns=dropped,
-                        unpenalized_residual=residual,
-                        value=scale * linear - scale ** 2 * quadratic, aligned=aligned)
+                        unpenalized_residual=residual, value=value, aligned=aligned)

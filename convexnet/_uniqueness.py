@@ -267,7 +267,9 @@ def _lp_dual(X, rows, support, zero_slack, signs):
     X_rows = X[rows]
     count = X_rows.shape[0]
     off_support = X_rows[:, ~support].T
-    zero_rows = np.eye(count)[zero_slack[rows]]
+    zero_positions = np.flatnonzero(zero_slack[rows])
+    zero_rows = np.zeros((len(zero_positions), count))
+    zero_rows[np.arange(len(zero_positions)), zero_positions] = 1.0
     inequality = np.vstack([
         np.hstack([off_support, np.ones((off_support.shape[0], 1))]),
         np.hstack([-off_support, np.ones((off_support.shape[0], 1))]),

@@ -289,6 +289,25 @@ def test_verify_a_nettrim_result():
     assert report.ok, str(report)
 
 
+def test_verify_an_admm_result_with_its_dual_and_without():
+    """ADMM stops at about 1e-5 relative accuracy: certified at matching tolerances."""
+    NetTrimProblem = getattr(convexnet, "NetTrimProblem", None)
+    if NetTrimProblem is None:
+        pytest.skip("convexnet.NetTrimProblem is not available yet")
+    rng = np.random.default_rng(1)
+    problem = NetTrimProblem.from_weights(rng.standard_normal((60, 10)), rng.standard_normal((10, 4)),
+                                          rng.standard_normal(4), rel_epsilon=0.05,
+                                          penalize_bias=False)
+    try:
+        result = problem.solve(backend="admm")
+    except (ImportError, convexnet.BackendUnavailableError) as error:
+        pytest.skip(f"ADMM backend unavailable: {error}")
+    for dual in (result.dual, None):
+        saved = {"W_design": result.W_design, "dual": dual, "problem": problem}
+        report = verify(saved, gap_tol=1e-4, feas_tol=1e-4)
+        assert report.ok, str(report)
+
+
 def test_verify_refuses_a_result_without_weights():
     with pytest.raises(InvalidInputError, match="no solution"):
         verify({"W_design": None, "status": "infeasible"})
