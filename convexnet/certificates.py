@@ -154,7 +154,9 @@ def duality_gap(X, Y, active, V, W, dual=None, *, epsilon=None, column_budgets=N
     dual : array_like, shape (P, M), optional
         A candidate ``Lambda`` in the convention of the module docstring; it need not be feasible.
         When None, one is built from ``W``: ``xi`` along the residual with the multiplier fitted by
-        nonnegative least squares on the support, ``mu`` on the tight inequalities likewise.
+        nonnegative least squares on the support, ``mu`` on the tight inequalities likewise. It is
+        tight for an optimal ``W`` with an active budget; with a zero budget ``xi`` has no residual
+        to follow and the fitted point is a valid but loose bound (supply the backend's dual).
     epsilon : float, optional
     column_budgets : array_like, shape (M,), optional
     lam : float, optional
@@ -175,7 +177,10 @@ def duality_gap(X, Y, active, V, W, dual=None, *, epsilon=None, column_budgets=N
     ``>= 0``); a column where no change of ``xi`` can do it (no active row for a bias) gets
     ``Lambda[:, m] = 0``, feasible but weak, and is listed in ``dropped_columns``. Last, ``Lambda`` is
     scaled by the ``t >= 0`` that keeps ``|X^T Lambda|[n, m] <= c_n`` and maximizes the dual
-    objective (in the constrained form only the direction of ``Lambda`` matters).
+    objective (in the constrained form only the direction of ``Lambda`` matters). A second candidate,
+    ``Lambda`` changed as little as possible to meet the optimality equations exactly on the support
+    of ``W``, is repaired the same way and the better dual value kept (both are valid bounds): an
+    inaccurate ``Lambda`` then costs the square of its error in the gap instead of the error.
 
     Examples
     --------

@@ -357,7 +357,10 @@ def test_recovery_regime_is_certified(method):
     certificate = uniqueness_certificate(X, y, w0, method=method)
     assert certificate.unique and certificate.full_rank and certificate.margin > 0.1, str(certificate)
     check_conditions(X, y, w0, certificate)
-    assert recovered(solve_program_8(X, y), w0)
+    w_hat = solve_program_8(X, y)
+    assert recovered(w_hat, w0)
+    # A solver's answer, with its tiny non-zeros and slacks, is certified as well.
+    assert uniqueness_certificate(X, y, w_hat, method=method).unique
 
 
 def test_undersampled_regime_is_not_certified():
