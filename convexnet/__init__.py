@@ -11,6 +11,15 @@ from .network import NetworkResult, trim_network
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # convexnet.nn imports torch; it loads on first use so that `import convexnet` stays torch-free.
+    if name == "nn":
+        import importlib
+
+        return importlib.import_module(".nn", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "BackendUnavailableError",
     "ConvexnetError",
