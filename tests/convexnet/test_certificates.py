@@ -289,6 +289,7 @@ def test_verify_a_nettrim_result():
     assert report.ok, str(report)
 
 
+@pytest.mark.slow
 def test_verify_an_admm_result_with_its_dual_and_without():
     """ADMM stops at about 1e-5 relative accuracy: certified at matching tolerances."""
     NetTrimProblem = getattr(convexnet, "NetTrimProblem", None)
