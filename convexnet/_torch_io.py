@@ -1,0 +1,208 @@
+"""Files of the ``convexnet prune`` command: the model, the calibration data, the pruned model.
+
+MODEL
+    * a whole module saved with ``torch.save(model)`` (any suffix but ``.safetensors``), loaded
+      with ``torch.load(..., weights_only=False)``: unpickling runs code from the file, so load only
+      files you trust, and the module's class must be importable;
+    * or a state dict, with ``--arch module:callable`` naming a function that builds the
+      architecture: a torch file (``torch.save(model.state_dict())``, loaded with
+      ``weights_only=True``) or a ``.safetensors`` file. A state dict of a pruned model
+      (``weight_orig``/``weight_mask`` keys) is loaded by re-creating the pruning first.
+DATA
+    One tensor of calibration inputs: ``.npy`` (``numpy.save``), ``.safetensors`` (a single tensor,
+    or the one named ``inputs``) or a torch file (``torch.save(tensor)``, or a dict with key
+    ``inputs``), loaded with ``weights_only=True``.
+OUT
+    MODEL's format: a whole module, a torch state dict, or safetensors. Pruning is made permanent
+    first (``torch.nn.utils.prune.remove`` on every pruned tensor) so that OUT loads into the plain
+    architecture, unless ``keep_masks`` (then ``weight_orig``/``weight_mask`` are saved, and the
+    masks keep the zeros through further training).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.utils import prune
+
+from .errors import InvalidInputError
+
+__all__ = ["LoadedModel", "check_paths", "load_model", "load_calibration", "save_model",
+           "build_architecture"]
+
+_SAFETENSORS = ".safetensors"
+
+
+@dataclass
+class LoadedModel:
+    """A model and the format it came in: "module", "state_dict" or "safetensors"."""
+
+    model: torch.nn.Module
+    format: str
+
+
+def check_paths(model_path, data_path, out_path) -> None:
+    """The checks on file names that can be made before reading anything."""
+    for label, path in (("MODEL", model_path), ("--calibration", data_path)):
+        if not Path(path).is_file():
+            raise InvalidInputError(f"{label} {str(path)!r} is not a file.")
+    out = Path(out_path)
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"--out {str(out_path)!r}: the folder {str(out.parent)!r} does not exist.")
+    safetensors_in = Path(model_path).suffix == _SAFETENSORS
+    if safetensors_in != (out.suffix == _SAFETENSORS):
+        kind, suffix = ("safetensors", ".safetensors") if safetensors_in else ("a torch file", ".pt")
+        raise InvalidInputError(f"--out {str(out_path)!r} is written in MODEL's format ({kind}); "
+                                f"give it the suffix {suffix}.")
+
+
+def _importable_here() -> None:
+    # As `python -m` does: modules of the current folder (the user's architecture) can be imported.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
+def build_architecture(spec: str) -> torch.nn.Module:
+    """Call ``module:callable`` (importable from the current folder or installed) with no arguments."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise InvalidInputError(f"--arch must be 'module:callable' (e.g. 'mynets:build'); got {spec!r}.")
+    _importable_here()
+    try:
+        target = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise InvalidInputError(f"--arch {spec!r} cannot be imported ({exc}).") from None
+    if not callable(target):
+        raise InvalidInputError(f"--arch {spec!r} is not callable.")
+    model = target()
+    if not isinstance(model, torch.nn.Module):
+        raise InvalidInputError(f"--arch {spec!r} returned a {type(model).__name__}, not a "
+                                "torch.nn.Module.")
+    return model
+
+
+def _read_safetensors(path) -> dict:
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise InvalidInputError(f"{path} is a safetensors file but the safetensors package is "
+                                "not installed; pip install safetensors.") from None
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise InvalidInputError(f"cannot read {path} as safetensors ({exc}).") from None
+
+
+def _torch_load(path, *, weights_only: bool):
+    if not weights_only:
+        _importable_here()
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=weights_only)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ("; a whole pickled module needs no --arch" if weights_only else
+                "; a whole module's class must be importable (or save a state dict and pass --arch)")
+        raise InvalidInputError(f"cannot read {path} as a torch file ({first}){hint}.") from None
+
+
+def _load_state(model: torch.nn.Module, state: dict, path) -> None:
+    # A state dict of a pruned model holds <name>_orig and <name>_mask: re-create the pruning so
+    # that the keys match, then load.
+    for key in state:
+        if key.endswith("_orig") and key[:-5] + "_mask" in state:
+            owner, _, name = key[:-5].rpartition(".")
+            try:
+                prune.identity(model.get_submodule(owner), name)
+            except (AttributeError, KeyError):
+                continue        # not in the architecture: load_state_dict names the mismatch
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InvalidInputError(f"the state dict in {path} does not fit --arch "
+                                f"({str(exc).splitlines()[0]} ...).") from None
+
+
+def load_model(path, arch: str | None) -> LoadedModel:
+    """Read MODEL (module docstring)."""
+    if Path(path).suffix == _SAFETENSORS:
+        if arch is None:
+            raise InvalidInputError(f"{path} is a safetensors state dict: give --arch "
+                                    "module:callable to build the architecture.")
+        model = build_architecture(arch)
+        _load_state(model, _read_safetensors(path), path)
+        return LoadedModel(model, "safetensors")
+    if arch is not None:
+        state = _torch_load(path, weights_only=True)
+        if not isinstance(state, dict):
+            raise InvalidInputError(f"{path} holds a {type(state).__name__}, not a state dict; "
+                                    "drop --arch to load a whole saved module.")
+        model = build_architecture(arch)
+        _load_state(model, state, path)
+        return LoadedModel(model, "state_dict")
+    loaded = _torch_load(path, weights_only=False)
+    if isinstance(loaded, dict):
+        raise InvalidInputError(f"{path} holds a state dict: give --arch module:callable to build "
+                                "the architecture it belongs to.")
+    if not isinstance(loaded, torch.nn.Module):
+        raise InvalidInputError(f"{path} holds a {type(loaded).__name__}, not a torch.nn.Module.")
+    return LoadedModel(loaded, "module")
+
+
+def load_calibration(path) -> torch.Tensor:
+    """Read DATA (module docstring) as a CPU tensor."""
+    suffix = Path(path).suffix
+    if suffix == ".npy":
+        try:
+            return torch.as_tensor(np.load(str(path), allow_pickle=False))
+        except Exception as exc:
+            raise InvalidInputError(f"cannot read {path} as a .npy array ({exc}).") from None
+    content = _read_safetensors(path) if suffix == _SAFETENSORS else _torch_load(path, weights_only=True)
+    if isinstance(content, dict):
+        if "inputs" in content:
+            content = content["inputs"]
+        elif len(content) == 1:
+            content = next(iter(content.values()))
+        else:
+            raise InvalidInputError(f"{path} holds several tensors ({sorted(content)[:5]}); name "
+                                    "the calibration inputs 'inputs'.")
+    if not isinstance(content, torch.Tensor):
+        raise InvalidInputError(f"{path} holds a {type(content).__name__}; --calibration needs one "
+                                "tensor of inputs.")
+    return content
+
+
+def make_permanent(model: torch.nn.Module) -> None:
+    """``prune.remove`` every pruned tensor of ``model``."""
+    for module in model.modules():
+        names = [hook._tensor_name for hook in list(module._forward_pre_hooks.values())
+                 if isinstance(hook, prune.BasePruningMethod)]
+        for name in names:
+            prune.remove(module, name)
+
+
+def save_model(loaded: LoadedModel, path, *, keep_masks: bool) -> None:
+    """Write the pruned model to OUT in the format it was read in (module docstring)."""
+    model = loaded.model.cpu()
+    if not keep_masks:
+        make_permanent(model)
+    state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
+    try:
+        if loaded.format == "module":
+            torch.save(model, str(path))
+        elif loaded.format == "state_dict":
+            torch.save(state, str(path))
+        else:
+            from safetensors.torch import save_file
+
+            # safetensors refuses tensors that share memory (tied weights): independent copies.
+            save_file({key: value.clone() for key, value in state.items()}, str(path))
+    except OSError as exc:
+        raise InvalidInputError(f"cannot write --out {str(path)!r} ({exc}).") from None
