@@ -4,21 +4,12 @@ Declare pruning programs (Net-Trim for a layer or a network, norm balls, sparsit
 objects, verify dual certificates, and swap solver backends with one argument.
 """
 
-from . import errors
+from . import certificates, errors
 from .errors import BackendUnavailableError, ConvexnetError, InvalidInputError, SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
 from .network import NetworkResult, trim_network
 
 __version__ = "0.1.0"
-
-
-def __getattr__(name):
-    # convexnet.nn imports torch; it loads on first use so that `import convexnet` stays torch-free.
-    if name == "nn":
-        import importlib
-
-        return importlib.import_module(".nn", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BackendUnavailableError",
@@ -28,6 +19,18 @@ __all__ = [
     "NetTrimResult",
     "NetworkResult",
     "SolverFailedError",
+    "certificates",
     "errors",
     "trim_network",
 ]
+
+# Submodules that import torch load on first use, so that `import convexnet` stays torch-free.
+_LAZY = ("nn", "training")
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,6 +25,7 @@ import numpy as np
 
 from . import _layer_solve
 from ._validation import as_float_array, check_scalar
+from .certificates import verify
 from .errors import InvalidInputError
 
 __all__ = ["NetTrimProblem", "NetTrimResult"]
@@ -230,7 +231,7 @@ class NetTrimProblem:
 
     # ---------------------------------------------------------------------------------- solving
     def solve(self, backend: str = "auto", *, solver_options: dict | None = None, executor=None,
-              verbose: bool = False) -> "NetTrimResult":
+              certify: bool | dict = True, verbose: bool = False) -> "NetTrimResult":
         """Solve the program and return a cleaned, re-checked result.
 
         Parameters
@@ -243,6 +244,10 @@ class NetTrimProblem:
         executor : concurrent.futures.Executor, optional
             Runs independent column chunks (decoupled forms) as jobs, e.g. a Dask client's
             ``get_executor()``. Default: in-process.
+        certify : bool or dict, default True
+            Attach the duality-gap certificate (:func:`convexnet.certificates.verify`) to the result;
+            a dict gives its tolerances (``gap_tol``, ``feas_tol``). A result whose certificate fails
+            is never reported ``"optimal"``: its status becomes ``"optimal_inaccurate"``.
         verbose : bool
             Print the solver's log.
 
@@ -251,10 +256,17 @@ class NetTrimProblem:
         NetTrimResult
         """
         backend = _layer_solve.resolve_backend(self, backend)
+        if not isinstance(certify, (bool, dict)):
+            raise InvalidInputError(f"certify must be True, False or a dict of tolerances; "
+                                    f"got {certify!r}.")
         start = time.perf_counter()
         raw = _layer_solve.solve_layer(self, backend, solver_options=solver_options,
                                        executor=executor, verbose=verbose)
         result = self._finish(raw, backend)
+        if certify is not False and result.W_design is not None:
+            result.certificate = verify(result, **(certify if isinstance(certify, dict) else {}))
+            if not result.certificate.ok and result.status == "optimal":
+                result.status = "optimal_inaccurate"
         result.wall_time = time.perf_counter() - start
         return result
 
@@ -398,6 +410,25 @@ class NetTrimResult:
     def epsilon(self) -> float | None:
         """The layer budget of the program (None for the regularized form)."""
         return self.problem.epsilon
+
+    def save(self, path) -> None:
+        """Write the result and its program to an ``.npz`` file that :func:`verify` and
+        ``convexnet certify`` read back (keys: ``W_design``, ``dual``, ``status``, ``X_design``, ``Y``,
+        ``V``, ``active``, ``form``, ``penalty_weights`` and the budget: ``epsilon``,
+        ``column_budgets`` or ``lam``)."""
+        if self.W_design is None:
+            raise InvalidInputError(f"this result has no solution to save (status {self.status!r}).")
+        problem = self.problem
+        arrays = {"W_design": self.W_design, "status": np.array(self.status),
+                  "X_design": problem.X_design, "Y": problem.Y, "V": problem.V,
+                  "active": problem.active, "form": np.array(problem.form),
+                  "penalty_weights": problem.penalty_weights}
+        if self.dual is not None:
+            arrays["dual"] = self.dual
+        for name in ("epsilon", "column_budgets", "lam"):
+            if getattr(problem, name) is not None:
+                arrays[name] = np.asarray(getattr(problem, name))
+        np.savez_compressed(path, **arrays)
 
     def __repr__(self) -> str:
         P, N, M = self.problem.shape

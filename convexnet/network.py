@@ -131,14 +131,26 @@ class NetworkResult:
         """Fraction of exact zeros of each ``W_l``."""
         return np.array([float(np.mean(W == 0)) for W in self.weights])
 
+    @property
+    def certified(self) -> bool:
+        """True when every layer carries a duality-gap certificate that is ``ok``."""
+        return all(layer.certificate is not None and layer.certificate.ok for layer in self.layers)
+
     def summary(self) -> str:
-        """A plain-text table, one row per layer."""
+        """A plain-text table, one row per layer (``gap`` is the certificate's relative gap)."""
         rows = [f"{'layer':>5} {'shape':>11} {'nonzeros':>9} {'pruned':>7} {'discrepancy':>12} "
-                f"{'bound':>10} {'status':>18} {'time (s)':>9}"]
+                f"{'bound':>10} {'status':>18} {'gap':>9} {'time (s)':>9}"]
         for index, (W, layer) in enumerate(zip(self.weights, self.layers)):
+            certificate = layer.certificate
+            gap = "-" if certificate is None else (
+                f"{certificate.relative_gap:.1e}" + ("" if certificate.ok else "!"))
             rows.append(f"{index + 1:>5} {str(W.shape):>11} {int(np.count_nonzero(W)):>9} "
                         f"{100 * np.mean(W == 0):>6.1f}% {self.discrepancy[index]:>12.4g} "
-                        f"{self.bound[index]:>10.4g} {layer.status:>18} {layer.wall_time:>9.2f}")
+                        f"{self.bound[index]:>10.4g} {layer.status:>18} {gap:>9} "
+                        f"{layer.wall_time:>9.2f}")
+        if any(layer.certificate is not None for layer in self.layers):
+            rows.append("all layers certified optimal" if self.certified else
+                        "'!': certificate not ok (gap or violation above tolerance)")
         return "\n".join(rows)
 
 

@@ -203,3 +203,27 @@ def test_backend_errors_name_the_alternatives():
         prob.solve(backend="osqp")
     with pytest.raises(cn.InvalidInputError, match="solver_options"):
         prob.solve(backend="clarabel", solver_options=["max_iter"])
+
+
+@pytest.mark.parametrize("backend", ["clarabel", "scs", "osqp"])
+def test_every_solve_carries_an_ok_certificate(backend):
+    X, Y, _, _ = make_layer(12)
+    res = cn.NetTrimProblem(X, Y, lam=2.0, bias=True).solve(backend=backend)
+    assert res.certificate.ok and res.certificate.relative_gap <= 1e-6
+
+
+def test_loose_solver_is_flagged_not_called_optimal():
+    X, Y, _, _ = make_layer(13, P=80, N=12)
+    prob = cn.NetTrimProblem(X, Y, rel_epsilon=0.05, bias=True)
+    loose = prob.solve(backend="scs", solver_options={"eps_abs": 1e-2, "eps_rel": 1e-2})
+    assert not loose.certificate.ok
+    assert loose.status == "optimal_inaccurate"
+    assert prob.solve(backend="scs", certify=False).certificate is None
+
+
+def test_saved_result_is_certified_from_disk(tmp_path):
+    X, Y, _, _ = make_layer(14)
+    res = cn.NetTrimProblem(X, Y, rel_epsilon=0.1, split_budget=True, bias=True).solve("clarabel")
+    res.save(tmp_path / "layer.npz")
+    report = cn.certificates.verify(np.load(tmp_path / "layer.npz"))
+    assert report.ok and report.gap == pytest.approx(res.certificate.gap, abs=1e-9)
