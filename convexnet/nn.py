@@ -235,7 +235,7 @@ def _group_budget(budget: _Budget, X, Y, W, b, Y_layer_norm, n_groups, relu, fir
 
 
 def _solve_layer(spec, module, X, target, *, first, budget, backend, device, solver_options,
-                 executor, problem_options):
+                 executor, certify, problem_options):
     """Solve every group's program; return the refit blocks and the results."""
     blocks = capture_layers.design_blocks(module)
     layer_norm = float(np.linalg.norm(target))
@@ -250,7 +250,8 @@ def _solve_layer(spec, module, X, target, *, first, budget, backend, device, sol
         options = dict(solver_options or {})
         if name == "admm":
             options.setdefault("device", device)
-        result = problem.solve(backend=name, solver_options=options or None, executor=executor)
+        result = problem.solve(backend=name, solver_options=options or None, executor=executor,
+                               certify=certify)
         label = f"layer {spec.name!r}" + (f" (group {group})" if len(blocks) > 1 else "")
         raise_if_failed(result, label)
         refit.append((inputs, outputs, result.W, result.b))
@@ -282,7 +283,7 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
          mode: str = "cascade", gamma: float = 1.0, backend: str = "auto", device=None, relu=None,
          max_samples: int | None = 10_000, seed: int = 0, batch_size: int | None = None,
          split_budget: bool = False, penalize_bias: bool = True, solver_options=None,
-         executor=None, progress=None) -> TrimReport:
+         executor=None, certify=True, progress=None) -> TrimReport:
     """Prune a torch model's Linear and Conv2d layers with Net-Trim (paper 004), in place.
 
     Parameters
@@ -323,8 +324,9 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
     seed : int, default 0
     batch_size : int, optional
         Split a single ``inputs`` tensor into batches of this size for the forward passes.
-    split_budget, penalize_bias, solver_options, executor
-        Passed to each layer's :class:`convexnet.NetTrimProblem` / ``solve``.
+    split_budget, penalize_bias, solver_options, executor, certify
+        Passed to each layer's :class:`convexnet.NetTrimProblem` / ``solve``; ``certify`` attaches
+        the duality-gap certificate to every result (the report's "cert" column).
     progress : callable, optional
         ``progress(index, n_layers, layer_report)`` after each layer is solved.
 
@@ -393,7 +395,7 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
         original, refit, results = _solve_layer(
             spec, module, X, targets[spec.name], first=index == 0, budget=budget,
             backend=backend, device=device, solver_options=solver_options, executor=executor,
-            problem_options=problem_options)
+            certify=certify, problem_options=problem_options)
         update = build_update(module, refit)
         if mode == "cascade":
             write_update(module, update)
