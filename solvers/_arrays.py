@@ -1,0 +1,205 @@
+"""The few array operations whose numpy and torch spellings differ, for the kernels in ``prox``.
+
+Kernels are written once against a namespace ``xp`` (``numpy`` or ``torch``): both accept
+``xp.abs``, ``xp.sum(x, axis=..., keepdims=..., dtype=...)``, ``xp.cumsum``, ``xp.where``,
+``xp.copysign(..., out=...)``, ``xp.clip``, ``xp.linalg.svd`` and boolean or integer indexing.
+What does not line up (sorting, ``nonzero``, ``bincount``, dtype casts, new arrays on the input's
+device) lives here, so that a kernel reads the same for both kinds and a tensor never leaves its device.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+__all__ = [
+    "is_tensor",
+    "namespace",
+    "as_floating",
+    "copy",
+    "new_array",
+    "to_float64",
+    "cast_like",
+    "sort_descending",
+    "flat_nonzero",
+    "segment_sum",
+    "round_down",
+    "split_high_low",
+    "kth_largest",
+    "size",
+    "as_index",
+    "take_along_axis",
+    "contiguous",
+    "clip_below_inplace",
+    "clip_into",
+    "argsort",
+]
+
+
+def is_tensor(x) -> bool:
+    """True when ``x`` is a ``torch.Tensor``; torch is not imported when the caller never loaded it."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def namespace(x):
+    """The module whose functions apply to ``x``: ``torch`` for tensors, ``numpy`` otherwise."""
+    if is_tensor(x):
+        return sys.modules["torch"]
+    return np
+
+
+def as_floating(x):
+    """``x`` as a floating array of its own kind: tensors stay tensors, anything else becomes numpy.
+
+    Floating inputs keep their dtype (float32 stays float32); integer and boolean inputs become
+    float64 (numpy) or torch's default floating dtype.
+    """
+    if is_tensor(x):
+        if x.is_floating_point():
+            return x
+        return x.to(sys.modules["torch"].get_default_dtype())
+    arr = np.asarray(x)
+    if np.issubdtype(arr.dtype, np.floating):
+        return arr
+    return arr.astype(np.float64)
+
+
+def copy(x):
+    """A copy of ``x`` that shares no memory with it."""
+    return x.clone() if is_tensor(x) else x.copy()
+
+
+def new_array(values, like, dtype=None):
+    """``values`` as an array of ``like``'s kind and device (and ``dtype``, default ``like``'s)."""
+    if is_tensor(like):
+        torch = sys.modules["torch"]
+        return torch.as_tensor(values, dtype=like.dtype if dtype is None else dtype,
+                               device=like.device)
+    return np.asarray(values, dtype=like.dtype if dtype is None else dtype)
+
+
+def to_float64(x):
+    """``x`` in float64, on its device (no copy when it already is)."""
+    if is_tensor(x):
+        return x.to(sys.modules["torch"].float64)
+    return x.astype(np.float64, copy=False)
+
+
+def cast_like(x, like):
+    """``x`` in ``like``'s dtype."""
+    if is_tensor(x):
+        return x.to(like.dtype)
+    return x.astype(like.dtype, copy=False)
+
+
+def sort_descending(x, axis: int = -1):
+    """The values of ``x`` sorted from largest to smallest along ``axis``."""
+    if is_tensor(x):
+        return sys.modules["torch"].sort(x, dim=axis, descending=True).values
+    return np.flip(np.sort(x, axis=axis), axis=axis)
+
+
+def flat_nonzero(mask):
+    """The positions of the true entries of ``mask`` in its C-ordered flattening (int64)."""
+    if is_tensor(mask):
+        return mask.reshape(-1).nonzero(as_tuple=True)[0]
+    return np.flatnonzero(mask)
+
+
+def segment_sum(labels, length: int, weights=None):
+    """Per-label sums of ``weights`` (counts when None): entry ``i`` sums the items labelled ``i``."""
+    if is_tensor(labels):
+        return sys.modules["torch"].bincount(labels, weights=weights, minlength=length)
+    return np.bincount(labels, weights=weights, minlength=length)
+
+
+def round_down(value, like):
+    """The largest numbers representable in ``like``'s dtype that are ``<= value`` (elementwise).
+
+    Comparing a float32 array with the rounded-down threshold gives exactly the comparison with the
+    float64 threshold: ``a > round_down(t)`` holds if and only if ``a > t``.
+    """
+    xp = namespace(value)
+    rounded = cast_like(value, like)
+    too_high = to_float64(rounded) > value
+    below = xp.nextafter(rounded, new_array(-np.inf, rounded))
+    return xp.where(too_high, below, rounded)
+
+
+def split_high_low(value, like):
+    """``value`` (float64 array or Python float) as ``high + low`` in ``like``'s dtype.
+
+    ``high`` is the nearest number of that dtype. Subtracting ``high`` and then ``low`` from an entry
+    of ``like``'s dtype keeps the accuracy of a float64 subtraction where it matters (entries close to
+    ``value``, by Sterbenz's lemma), without converting a large float32 array to float64. A Python
+    float gives Python floats (exactly representable in the dtype), which every device accepts.
+    """
+    if isinstance(value, float):
+        if is_tensor(like):
+            torch = sys.modules["torch"]
+            high = torch.tensor(value, dtype=like.dtype).item()
+            return high, torch.tensor(value - high, dtype=like.dtype).item()
+        high = float(np.asarray(value).astype(like.dtype))
+        return high, float(np.asarray(value - high).astype(like.dtype))
+    high = cast_like(value, like)
+    low = cast_like(value - to_float64(high), like)
+    return high, low
+
+
+def kth_largest(x, k: int, axis: int):
+    """The ``k``-th largest value of ``x`` along ``axis`` (``1 <= k <= x.shape[axis]``), keeping the axis."""
+    n = x.shape[axis]
+    if is_tensor(x):
+        return sys.modules["torch"].kthvalue(x, n - k + 1, dim=axis, keepdim=True).values
+    return np.take(np.partition(x, n - k, axis=axis), [n - k], axis=axis)
+
+
+def size(x) -> int:
+    """The number of entries of ``x``."""
+    return x.numel() if is_tensor(x) else x.size
+
+
+def as_index(x):
+    """``x`` (floating or integer) truncated to int64, usable as indices."""
+    if is_tensor(x):
+        return x.to(sys.modules["torch"].int64)
+    return x.astype(np.int64)
+
+
+def take_along_axis(x, indices, axis: int):
+    """``numpy.take_along_axis`` for both kinds."""
+    if is_tensor(x):
+        return sys.modules["torch"].take_along_dim(x, indices, dim=axis)
+    return np.take_along_axis(x, indices, axis=axis)
+
+
+def contiguous(x):
+    """``x`` laid out in C order (a copy only when it is not already)."""
+    if is_tensor(x):
+        return x.contiguous()
+    return np.ascontiguousarray(x)
+
+
+def clip_below_inplace(x, low: float):
+    """``x = max(x, low)`` in place (numpy's ``clip`` wrapper costs several times ``maximum``)."""
+    if is_tensor(x):
+        return x.clamp_min_(low)
+    return np.maximum(x, low, out=x)
+
+
+def clip_into(x, low, high, out):
+    """``out = min(max(x, low), high)``; the bounds are numbers or arrays broadcasting to ``x``."""
+    if is_tensor(x):
+        return sys.modules["torch"].clamp(x, low, high, out=out)
+    np.maximum(x, low, out=out)
+    return np.minimum(out, high, out=out)
+
+
+
+def argsort(x):
+    """Indices that sort the 1-D ``x`` ascending, stably (ties keep their order)."""
+    if is_tensor(x):
+        return sys.modules["torch"].argsort(x, stable=True)
+    return np.argsort(x, kind="stable")
