@@ -20,6 +20,7 @@ __all__ = [
     "check_scalar",
     "check_integer",
     "check_shape",
+    "as_data",
 ]
 
 
@@ -121,3 +122,46 @@ def check_shape(name: str, x: np.ndarray, shape: tuple[int, ...], meaning: str =
     if tuple(x.shape) != tuple(shape):
         label = f" {meaning}" if meaning else ""
         raise InvalidInputError(f"{name} must have shape {tuple(shape)}{label}; got {tuple(x.shape)}.")
+
+
+def as_data(name: str, x, *, ndim: int | tuple[int, ...] | None = None):
+    """Return ``x`` as a finite floating array of its own kind, or raise naming ``name``.
+
+    Unlike :func:`as_float_array`, a torch tensor stays a tensor on its device and a float32 array
+    stays float32 (kernels answer in the input's kind and dtype); integer and boolean data become
+    float64 (numpy) or torch's default dtype. Finiteness is checked with one sum (NaN and infinities
+    propagate into it); only when the sum is not finite are the entries counted.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, used in the error message.
+    x : array_like or torch.Tensor
+    ndim : int or tuple of int, optional
+        The allowed numbers of dimensions.
+    """
+    if x is None:
+        raise InvalidInputError(f"{name} is None; pass an array.")
+    if is_tensor(x):
+        import torch
+
+        if x.is_complex():
+            raise InvalidInputError(f"{name} is complex; pass real data.")
+        arr = x if x.is_floating_point() else x.to(torch.get_default_dtype())
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"{name} cannot be read as a numeric array ({exc}).") from None
+        if arr.dtype.kind not in "biuf":
+            raise InvalidInputError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
+        if arr.dtype.kind != "f":
+            arr = arr.astype(np.float64)
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if arr.ndim not in allowed:
+            want = " or ".join(f"{d}-D" for d in allowed)
+            raise InvalidInputError(f"{name} must be {want}; got shape {tuple(arr.shape)}.")
+    if not math.isfinite(float(arr.sum())):
+        check_finite_data(name, arr)
+    return arr

@@ -277,7 +277,7 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     Examples
     --------
     >>> project_l1_ball(np.array([3.0, -1.0, 0.5]), radius=2.0)
-    array([ 2., -0.,  0.])
+    array([2., 0., 0.])
     """
     radius = _check_radius(radius)
     x = _arrays.as_floating(x)

@@ -1,0 +1,77 @@
+"""The base of the constraint sets in :mod:`convexnet.sets`: the shared checks and error messages."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validation import as_data, check_scalar, is_tensor
+from .errors import InvalidInputError
+
+__all__ = ["ConstraintSet", "RadiusBall", "as_numpy", "within"]
+
+
+def as_numpy(x) -> np.ndarray:
+    """``x`` as a float64 numpy array for the membership arithmetic (tensors are copied to the CPU)."""
+    if is_tensor(x):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def within(value, bound: float, tol: float) -> bool:
+    """``value <= bound`` up to ``tol`` relative to ``max(1, bound)``, for every entry of ``value``."""
+    return bool(np.all(np.asarray(value) <= bound + tol * max(1.0, bound)))
+
+
+def _check_tol(tol) -> float:
+    return check_scalar("tol", tol, low=0.0)
+
+
+class ConstraintSet:
+    """A set ``C`` with a projection, a membership test and (when convex) CVXPY constraints.
+
+    Subclasses set ``convex`` and implement ``_project(x)`` (``x`` already checked: finite, floating,
+    of the input's kind), ``_contains(x, tol)`` and, for convex sets, ``_constraints(expr)``.
+    Nonconvex subclasses name the convex set to use in CVXPY in ``relaxation``.
+    """
+
+    convex: bool = True
+    relaxation: str = ""
+    _ndim: tuple[int, ...] | None = None
+
+    def project(self, x):
+        """The Euclidean projection of ``x`` onto the set, of ``x``'s kind, dtype and device."""
+        return self._project(as_data("x", x, ndim=self._ndim))
+
+    def contains(self, x, tol: float = 1e-9) -> bool:
+        """True when ``x`` lies in the set up to ``tol`` (see the class for how ``tol`` enters)."""
+        tol = _check_tol(tol)
+        return self._contains(as_data("x", x, ndim=self._ndim), tol)
+
+    def constraints(self, expr) -> list:
+        """CVXPY constraints stating that the expression ``expr`` lies in the set."""
+        if not self.convex:
+            raise InvalidInputError(
+                f"{type(self).__name__} is nonconvex, so it has no CVXPY constraints (CVXPY needs "
+                f"convex programs); use {self.relaxation} instead, or use {type(self).__name__}.project "
+                f"in a projected-gradient loop.")
+        return self._constraints(expr)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{key}={value!r}" for key, value in self._parameters().items())
+        return f"{type(self).__name__}({fields})"
+
+    def _parameters(self) -> dict:
+        return {}
+
+
+class RadiusBall(ConstraintSet):
+    """A norm ball ``{x : norm(x) <= radius}``; subclasses give the norm and the kernel."""
+
+    def __init__(self, radius: float):
+        self.radius = check_scalar("radius", radius, low=0.0)
+
+    def _parameters(self) -> dict:
+        return {"radius": self.radius}
+
+    def _contains(self, x, tol):
+        return within(self.norm(x), self.radius, tol)

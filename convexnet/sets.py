@@ -1,0 +1,461 @@
+r"""Constraint sets: exact projections, membership tests and CVXPY constraints.
+
+Every set has
+
+- ``project(x)``: the Euclidean projection (numpy in, numpy out; a torch tensor stays a tensor on its
+  device, in its dtype), computed by the kernel in :mod:`solvers.prox` or :mod:`solvers.prox_matrix`;
+- ``contains(x, tol=1e-9)``: whether ``x`` lies in the set up to ``tol`` (each class says how ``tol``
+  enters; for a bound ``value(x) <= b`` it is ``value(x) <= b + tol * max(1, b)``);
+- ``constraints(expr)``: a list of CVXPY constraints stating ``expr`` in the set, for convex sets;
+  nonconvex sets (``Sparse``, ``LowRank``) raise :class:`~convexnet.errors.InvalidInputError` naming
+  the convex relaxation to use instead.
+
+Weights follow the design's orientation: ``W`` has shape ``(N, M)``, column ``j`` the incoming weights
+of output neuron ``j`` (a bias is a last row). Bad parameters and data (negative or non-finite radii,
+non-integer counts, NaN or infinite entries) raise ``InvalidInputError`` before any work starts.
+
+Example
+-------
+>>> import numpy as np
+>>> from convexnet import sets
+>>> ball = sets.L1Ball(2.0)
+>>> ball.project(np.array([3.0, -1.0, 0.5]))
+array([2., 0., 0.])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from solvers import prox, prox_matrix
+
+from ._set_base import ConstraintSet, RadiusBall, as_numpy, within
+from ._validation import as_data, as_float_array, check_integer, check_scalar, is_tensor
+from .errors import BackendUnavailableError, InvalidInputError
+
+__all__ = [
+    "ConstraintSet",
+    "L1Ball",
+    "L1InfBall",
+    "SumOfMaxBall",
+    "NuclearBall",
+    "Sparse",
+    "LowRank",
+    "Subspace",
+    "ConvolutionSubspace",
+    "NetTrimSet",
+]
+
+
+class L1Ball(RadiusBall):
+    r"""The l1 ball ``{x : sum_i |x_i| <= radius}`` (paper 000's convex sparsity constraint).
+
+    Parameters
+    ----------
+    radius : float
+        ``r >= 0``.
+    axis : int or None
+        None: the whole array is one vector. An int: every slice along that axis has its own ball
+        (``axis=0`` on an ``(N, M)`` matrix bounds each column; that is :class:`L1InfBall`).
+
+    Notes
+    -----
+    The projection is sort-free (a sampled start and Michelot's search, see
+    :func:`solvers.prox.project_l1_ball`); a point inside comes back bitwise unchanged and
+    ``radius=0`` gives zeros.
+    """
+
+    def __init__(self, radius: float, *, axis: int | None = None):
+        super().__init__(radius)
+        self.axis = None if axis is None else check_integer("axis", axis)
+
+    def _parameters(self) -> dict:
+        return {"radius": self.radius, "axis": self.axis}
+
+    def _project(self, x):
+        if self.axis is not None and not -x.ndim <= self.axis < x.ndim:
+            raise InvalidInputError(f"axis={self.axis} is out of range for x of shape {tuple(x.shape)}.")
+        return prox.project_l1_ball(x, radius=self.radius, axis=self.axis)
+
+    def norm(self, x) -> np.ndarray:
+        """``sum |x|`` (per slice when ``axis`` is set), in float64."""
+        return np.sum(np.abs(as_numpy(x)), axis=self.axis)
+
+    def _constraints(self, expr):
+        import cvxpy as cp
+
+        if self.axis is None:
+            return [cp.sum(cp.abs(expr)) <= self.radius]
+        return [cp.sum(cp.abs(expr), axis=self.axis) <= self.radius]
+
+
+class L1InfBall(RadiusBall):
+    r"""Paper 001's L1,inf ball: ``max_j ||W[:, j]||_1 <= radius`` for ``W`` of shape ``(N, M)``.
+
+    Column ``j`` is the incoming weights of output neuron ``j``, bias row included. The projection
+    projects every column onto its own l1 ball, in one batched call (no loop over columns), on the
+    CPU or the GPU. ``project`` also takes a batch ``(..., N, M)``.
+    """
+
+    def _project(self, x):
+        if x.ndim < 2:
+            raise InvalidInputError(f"x must be a matrix (N, M); got shape {tuple(x.shape)}.")
+        return prox.project_l1_inf_ball(x, radius=self.radius)
+
+    def norm(self, x) -> np.ndarray:
+        """``max_j ||W[:, j]||_1`` (per matrix of a batch), in float64."""
+        return np.max(np.sum(np.abs(as_numpy(x)), axis=-2), axis=-1)
+
+    def _constraints(self, expr):
+        import cvxpy as cp
+
+        return [cp.sum(cp.abs(expr), axis=0) <= self.radius]
+
+
+class SumOfMaxBall(RadiusBall):
+    r"""The l1,inf ball of Quattoni et al. (2009): ``sum_i max_j |W[i, j]| <= radius``.
+
+    Row ``i`` of ``W`` (an input feature's outgoing weights) costs its largest magnitude, so the
+    ball drives whole rows to zero: feature selection. Its dual norm is :class:`L1InfBall`'s.
+    The projection is exact and finite (a breakpoint search; see
+    :func:`solvers.prox_matrix.project_sum_of_max_ball`).
+    """
+
+    _ndim = 2
+
+    def _project(self, x):
+        return prox_matrix.project_sum_of_max_ball(x, radius=self.radius)
+
+    def norm(self, x) -> float:
+        """``sum_i max_j |W[i, j]|``, in float64."""
+        return float(np.sum(np.max(np.abs(as_numpy(x)), axis=1)))
+
+    def _constraints(self, expr):
+        import cvxpy as cp
+
+        return [cp.sum(cp.max(cp.abs(expr), axis=1)) <= self.radius]
+
+
+class NuclearBall(RadiusBall):
+    r"""The nuclear-norm ball ``sum_i sigma_i(W) <= radius`` (paper 000's convex low-rank constraint).
+
+    ``project`` takes a matrix or a batch ``(..., m, n)`` (one SVD each, then the l1 projection of
+    the singular values).
+    """
+
+    def _project(self, x):
+        if x.ndim < 2:
+            raise InvalidInputError(f"x must be a matrix; got shape {tuple(x.shape)}.")
+        return prox_matrix.project_nuclear_ball(x, radius=self.radius)
+
+    def norm(self, x) -> np.ndarray:
+        """The nuclear norm (per matrix of a batch), in float64."""
+        return np.sum(np.linalg.svd(as_numpy(x), compute_uv=False), axis=-1)
+
+    def _constraints(self, expr):
+        import cvxpy as cp
+
+        return [cp.normNuc(expr) <= self.radius]
+
+
+class Sparse(ConstraintSet):
+    r"""The k-sparse arrays ``{x : at most k nonzero entries}`` (nonconvex; paper 000's l0 constraint).
+
+    Parameters
+    ----------
+    k : int
+        ``k >= 0``. The projection keeps the ``k`` largest magnitudes; among equal magnitudes at
+        the cut the lowest index (C order) wins. ``k = 0`` gives zeros, ``k >= n`` returns ``x``.
+    axis : int or None
+        None: at most ``k`` nonzeros in the whole array; an int: per slice along that axis.
+
+    ``contains(x, tol)`` counts the entries with ``|x| > tol``. ``constraints`` raises: use
+    :class:`L1Ball` in CVXPY.
+    """
+
+    convex = False
+    relaxation = "L1Ball (the convex relaxation of sparsity)"
+
+    def __init__(self, k: int, *, axis: int | None = None):
+        self.k = check_integer("k", k, low=0)
+        self.axis = None if axis is None else check_integer("axis", axis)
+
+    def _parameters(self) -> dict:
+        return {"k": self.k, "axis": self.axis}
+
+    def _project(self, x):
+        if self.axis is not None and not -x.ndim <= self.axis < x.ndim:
+            raise InvalidInputError(f"axis={self.axis} is out of range for x of shape {tuple(x.shape)}.")
+        return prox.project_sparse(x, k=self.k, axis=self.axis)
+
+    def _contains(self, x, tol):
+        return bool(np.all(np.sum(np.abs(as_numpy(x)) > tol, axis=self.axis) <= self.k))
+
+
+class LowRank(ConstraintSet):
+    r"""The matrices of rank at most ``rank`` (nonconvex; paper 000's low-rank constraint).
+
+    The projection is the truncated SVD (Eckart and Young), batched over leading axes.
+    ``contains(x, tol)`` counts the singular values above ``tol * max(1, sigma_max)``.
+    ``constraints`` raises: use :class:`NuclearBall` in CVXPY.
+    """
+
+    convex = False
+    relaxation = "NuclearBall (the convex relaxation of low rank)"
+
+    def __init__(self, rank: int):
+        self.rank = check_integer("rank", rank, low=0)
+
+    def _parameters(self) -> dict:
+        return {"rank": self.rank}
+
+    def _project(self, x):
+        if x.ndim < 2:
+            raise InvalidInputError(f"x must be a matrix; got shape {tuple(x.shape)}.")
+        return prox_matrix.project_low_rank(x, rank=self.rank)
+
+    def _contains(self, x, tol):
+        singular = np.linalg.svd(as_numpy(x), compute_uv=False)
+        scale = np.maximum(1.0, singular[..., :1])
+        return bool(np.all(np.sum(singular > tol * scale, axis=-1) <= self.rank))
+
+
+class Subspace(ConstraintSet):
+    r"""The span of the orthonormal columns of ``basis``: ``{x : x = Q c}``, ``Q^T Q = I``.
+
+    Parameters
+    ----------
+    basis : array, shape (n, d)
+        ``Q``; its columns must be orthonormal (checked to 1e-8; orthonormalize a spanning set
+        with ``numpy.linalg.qr(A)[0]``).
+    shape : tuple of int, optional
+        The shape of the set's elements, whose C-ordered flattening has ``n`` entries (default
+        ``(n,)``). ``project`` accepts a batch ``(..., *shape)``.
+
+    ``project`` is ``x -> Q Q^T x``; ``contains(x, tol)`` checks ``||x - Q Q^T x|| <= tol * max(1, ||x||)``;
+    ``constraints(expr)`` introduces coefficients ``c`` (a new CVXPY variable of length ``d``) with
+    ``vec(expr) == Q c`` (C order), which avoids forming the ``n x n`` complement projector.
+    """
+
+    def __init__(self, basis, *, shape: tuple[int, ...] | None = None):
+        basis = as_float_array("basis", basis, ndim=2)
+        gram_error = float(np.max(np.abs(basis.T @ basis - np.eye(basis.shape[1])), initial=0.0))
+        if gram_error > 1e-8:
+            raise InvalidInputError(
+                f"basis columns must be orthonormal (max |Q^T Q - I| = {gram_error:.2e}); "
+                f"orthonormalize them first, e.g. basis = numpy.linalg.qr(basis)[0].")
+        self.basis = basis
+        self.shape = (basis.shape[0],) if shape is None else tuple(int(n) for n in shape)
+        if int(np.prod(self.shape)) != basis.shape[0]:
+            raise InvalidInputError(
+                f"shape {self.shape} has {int(np.prod(self.shape))} entries but basis has "
+                f"{basis.shape[0]} rows; they must match.")
+
+    @property
+    def dimension(self) -> int:
+        """``d``, the dimension of the subspace."""
+        return self.basis.shape[1]
+
+    def _parameters(self) -> dict:
+        return {"dimension": self.dimension, "shape": self.shape}
+
+    def _flat(self, x):
+        tail = len(self.shape)
+        if tuple(x.shape[x.ndim - tail:]) != self.shape:
+            raise InvalidInputError(
+                f"x must have shape (..., {', '.join(map(str, self.shape))}); got {tuple(x.shape)}.")
+        return x.reshape(*x.shape[:x.ndim - tail], self.basis.shape[0])
+
+    def _project(self, x):
+        return prox.project_subspace(self._flat(x), basis=self.basis).reshape(x.shape)
+
+    def _contains(self, x, tol):
+        flat = as_numpy(self._flat(x))
+        residual = flat - (flat @ self.basis) @ self.basis.T
+        return bool(np.all(np.linalg.norm(residual, axis=-1)
+                           <= tol * np.maximum(1.0, np.linalg.norm(flat, axis=-1))))
+
+    def _constraints(self, expr):
+        import cvxpy as cp
+
+        if tuple(expr.shape) != self.shape:
+            raise InvalidInputError(f"expr must have shape {self.shape}; got {tuple(expr.shape)}.")
+        coefficients = cp.Variable(self.dimension)
+        flat = cp.vec(expr, order="C") if len(self.shape) > 1 else expr
+        return [flat == self.basis @ coefficients]
+
+
+class ConvolutionSubspace(Subspace):
+    r"""Paper 000's weight-sharing subspace: the fully connected matrices of a 1-D convolution.
+
+    ``n_kernels`` kernels ``K[i]`` of width ``kernel_width`` slide over an input of ``input_dim``
+    entries with stride ``stride`` and no padding, at ``positions = (input_dim - kernel_width) //
+    stride + 1`` places (paper 000, Section 4 and Definition 4.1). In the design's orientation the
+    layer is ``W`` of shape ``(input_dim, n_kernels * positions)`` with
+
+    .. math:: W[l s + t,\; i \cdot \text{positions} + l] = K[i, t]
+
+    (kernel ``i``, position ``l``, tap ``t``) and zeros elsewhere: column ``i * positions + l`` is
+    kernel ``i`` placed at position ``l`` (columns kernel-major). Paper 000's ``FC(K)`` is ``W.T``.
+    The set is the subspace of such ``W``, of dimension ``n_kernels * kernel_width``.
+
+    The basis has one column per weight ``K[i, t]``, in the order ``i * kernel_width + t``: the
+    C-ordered flattening of the matrix with ``1 / sqrt(positions)`` at the entries that hold
+    ``K[i, t]``. The supports are disjoint, so the columns are orthonormal, and the projection
+    replaces every shared weight by the mean of the entries that hold it and zeroes the rest.
+
+    Examples
+    --------
+    >>> space = ConvolutionSubspace(input_dim=5, kernel_width=3, stride=2, n_kernels=1)
+    >>> space.weight_matrix(np.array([[1.0, 2.0, 3.0]])).T
+    array([[1., 2., 3., 0., 0.],
+           [0., 0., 1., 2., 3.]])
+    """
+
+    def __init__(self, input_dim: int, kernel_width: int, stride: int, n_kernels: int):
+        self.input_dim = check_integer("input_dim", input_dim, low=1)
+        self.kernel_width = check_integer("kernel_width", kernel_width, low=1)
+        self.stride = check_integer("stride", stride, low=1)
+        self.n_kernels = check_integer("n_kernels", n_kernels, low=1)
+        if self.kernel_width > self.input_dim:
+            raise InvalidInputError(
+                f"kernel_width ({kernel_width}) must be <= input_dim ({input_dim}) without padding.")
+        self.positions = (self.input_dim - self.kernel_width) // self.stride + 1
+        super().__init__(self.basis_matrix(self.input_dim, self.kernel_width, self.stride, self.n_kernels),
+                         shape=(self.input_dim, self.n_kernels * self.positions))
+
+    @staticmethod
+    def basis_matrix(input_dim: int, kernel_width: int, stride: int, n_kernels: int) -> np.ndarray:
+        """The orthonormal basis, shape ``(input_dim * n_kernels * positions, n_kernels * kernel_width)``."""
+        positions = (input_dim - kernel_width) // stride + 1
+        columns = n_kernels * positions
+        kernel, tap, position = np.meshgrid(np.arange(n_kernels), np.arange(kernel_width),
+                                            np.arange(positions), indexing="ij")
+        rows = (position * stride + tap) * columns + kernel * positions + position
+        basis = np.zeros((input_dim * columns, n_kernels * kernel_width))
+        basis[rows.ravel(), (kernel * kernel_width + tap).ravel()] = 1.0 / np.sqrt(positions)
+        return basis
+
+    def _parameters(self) -> dict:
+        return {"input_dim": self.input_dim, "kernel_width": self.kernel_width, "stride": self.stride,
+                "n_kernels": self.n_kernels}
+
+    def weight_matrix(self, kernels):
+        """The fully connected ``W`` (shape ``(input_dim, n_kernels * positions)``) of ``kernels``.
+
+        ``kernels`` has shape ``(n_kernels, kernel_width)``; a tensor gives a tensor.
+        """
+        kernels = as_data("kernels", kernels, ndim=2)
+        if tuple(kernels.shape) != (self.n_kernels, self.kernel_width):
+            raise InvalidInputError(f"kernels must have shape ({self.n_kernels}, {self.kernel_width}); "
+                                    f"got {tuple(kernels.shape)}.")
+        basis = self._basis_like(kernels)
+        flat = (kernels.reshape(-1) * float(np.sqrt(self.positions))) @ basis.T
+        return flat.reshape(self.shape)
+
+    def kernels(self, W):
+        """The kernels ``(n_kernels, kernel_width)`` of the projection of ``W``: the shared-entry means."""
+        W = as_data("W", W, ndim=2)
+        flat = self._flat(W)
+        return ((flat @ self._basis_like(W)) / float(np.sqrt(self.positions))).reshape(
+            self.n_kernels, self.kernel_width)
+
+    def _basis_like(self, x):
+        if is_tensor(x):
+            import torch
+
+            return torch.as_tensor(self.basis, dtype=x.dtype, device=x.device)
+        return self.basis.astype(x.dtype, copy=False)
+
+
+class NetTrimSet(ConstraintSet):
+    r"""Net-Trim's feasible set ``C_eps`` for one layer (paper 004, eq. 3), with batch-first data.
+
+    With ``Z = X @ U`` and ``Omega = {(p, m) : Y[p, m] > 0}`` (every entry when ``relu=False``),
+
+    .. math:: C_\epsilon = \{U \in \mathbb{R}^{N \times M} :
+              \textstyle\sum_{\Omega} (Z - Y)^2 \le \epsilon^2,\; Z \le V \text{ off } \Omega\}.
+
+    Parameters
+    ----------
+    X : array, shape (P, N)
+        The layer's input, one sample per row.
+    Y : array, shape (P, M)
+        The layer's (post-ReLU) output to reproduce.
+    V : array, shape (P, M), optional
+        Upper bounds off ``Omega``; default 0 (the pruned unit must stay inactive there).
+    epsilon : float
+        The budget ``>= 0``.
+    relu : bool
+        False for a linear layer: ``Omega`` is every entry and there is no inequality.
+
+    Notes
+    -----
+    There is no ``project``: projecting onto ``C_eps`` in ``U`` is itself a second-order cone
+    program, not a cheap kernel, and ``project`` raises
+    :class:`~convexnet.errors.BackendUnavailableError` saying so. Use ``constraints(U)`` in a CVXPY
+    problem, or :class:`convexnet.NetTrimProblem`. ``contains(U, tol)`` checks
+    ``sqrt(sum over Omega (Z - Y)^2) <= epsilon + tol * max(1, epsilon)`` and
+    ``Z - V <= tol * max(1, max |V|)`` off ``Omega``.
+    """
+
+    def __init__(self, X, Y, V=None, epsilon: float | None = None, relu: bool = True):
+        self.X = as_float_array("X", X, ndim=2)
+        self.Y = as_float_array("Y", Y, ndim=2)
+        if self.Y.shape[0] != self.X.shape[0]:
+            raise InvalidInputError(
+                f"X (P, N) and Y (P, M) must have the same number of rows (samples); got "
+                f"{self.X.shape[0]} and {self.Y.shape[0]}.")
+        self.V = np.zeros_like(self.Y) if V is None else as_float_array("V", V, ndim=2)
+        if self.V.shape != self.Y.shape:
+            raise InvalidInputError(f"V must have the shape of Y {self.Y.shape}; got {self.V.shape}.")
+        if epsilon is None:
+            raise InvalidInputError("epsilon is required: pass the budget epsilon >= 0.")
+        self.epsilon = check_scalar("epsilon", epsilon, low=0.0)
+        if not isinstance(relu, (bool, np.bool_)):
+            raise InvalidInputError(f"relu must be True or False; got {relu!r}.")
+        self.relu = bool(relu)
+        self.omega = self.Y > 0 if self.relu else np.ones(self.Y.shape, dtype=bool)
+
+    def _parameters(self) -> dict:
+        return {"P": self.X.shape[0], "N": self.X.shape[1], "M": self.Y.shape[1],
+                "epsilon": self.epsilon, "relu": self.relu}
+
+    def project(self, x):
+        """Not provided: raises :class:`~convexnet.errors.BackendUnavailableError` (see Notes)."""
+        raise BackendUnavailableError(
+            "NetTrimSet has no projection kernel: projecting onto C_eps is a second-order cone "
+            "program in U. Use NetTrimSet.constraints(U) in a CVXPY problem, or "
+            "convexnet.NetTrimProblem(X, Y, epsilon=...).solve().")
+
+    def _check_weights(self, U):
+        expected = (self.X.shape[1], self.Y.shape[1])
+        if tuple(U.shape) != expected:
+            raise InvalidInputError(f"U must have shape {expected} (N, M); got {tuple(U.shape)}.")
+
+    def discrepancy(self, U) -> float:
+        """``sqrt(sum over Omega of (X @ U - Y)^2)``, the quantity bounded by ``epsilon``."""
+        U = as_numpy(as_data("U", U, ndim=2))
+        self._check_weights(U)
+        return float(np.linalg.norm((self.X @ U - self.Y)[self.omega]))
+
+    def _contains(self, U, tol):
+        U = as_numpy(U)
+        self._check_weights(U)
+        Z = self.X @ U
+        bound_scale = max(1.0, float(np.max(np.abs(self.V), initial=0.0)))
+        off = ~self.omega
+        inactive_ok = bool(np.all(Z[off] - self.V[off] <= tol * bound_scale))
+        return inactive_ok and within(self.discrepancy(U), self.epsilon, tol)
+
+    def _constraints(self, expr):
+        import cvxpy as cp
+
+        self._check_weights(expr)
+        Z = self.X @ expr
+        constraints = []
+        if self.omega.any():
+            constraints.append(cp.norm(Z[self.omega] - self.Y[self.omega], 2) <= self.epsilon)
+        if not self.omega.all():
+            constraints.append(Z[~self.omega] <= self.V[~self.omega])
+        return constraints
