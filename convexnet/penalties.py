@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from solvers import prox as kernels
 
+from ._base import Parametrized, nonconvex_error
 from ._validation import as_data, check_scalar, is_tensor
-from .errors import InvalidInputError
 
 __all__ = ["Penalty", "L1", "L0", "TransformedL1"]
 
 
-class Penalty:
+class Penalty(Parametrized):
     """A separable penalty ``strength * sum_i rho(x_i)``.
 
     Subclasses set ``convex`` and implement ``_value(x)`` (entrywise ``rho``, before the sum and the
@@ -55,14 +55,8 @@ class Penalty:
     def cvxpy(self, expr):
         """A CVXPY expression for ``R(expr)`` (convex penalties only)."""
         if not self.convex:
-            raise InvalidInputError(
-                f"{type(self).__name__} is nonconvex, so it has no CVXPY expression (CVXPY needs "
-                f"convex programs); {self.alternative}")
+            raise nonconvex_error(self, "CVXPY expression", self.alternative)
         return self._cvxpy(expr)
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{key}={value!r}" for key, value in self._parameters().items())
-        return f"{type(self).__name__}({fields})"
 
     def _parameters(self) -> dict:
         return {"strength": self.strength}

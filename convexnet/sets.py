@@ -29,7 +29,7 @@ import numpy as np
 
 from solvers import prox, prox_matrix
 
-from ._set_base import ConstraintSet, RadiusBall, as_numpy, within
+from ._base import ConstraintSet, RadiusBall, as_numpy, within
 from ._validation import as_data, as_float_array, check_integer, check_scalar, is_tensor
 from .errors import BackendUnavailableError, InvalidInputError
 

@@ -1,4 +1,4 @@
-"""The base of the constraint sets in :mod:`convexnet.sets`: the shared checks and error messages."""
+"""Shared base of :mod:`convexnet.sets` and :mod:`convexnet.penalties`: checks, repr, error messages."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 from ._validation import as_data, check_scalar, is_tensor
 from .errors import InvalidInputError
 
-__all__ = ["ConstraintSet", "RadiusBall", "as_numpy", "within"]
+__all__ = ["Parametrized", "nonconvex_error", "ConstraintSet", "RadiusBall", "as_numpy", "within"]
 
 
 def as_numpy(x) -> np.ndarray:
@@ -22,11 +22,28 @@ def within(value, bound: float, tol: float) -> bool:
     return bool(np.all(np.asarray(value) <= bound + tol * max(1.0, bound)))
 
 
+class Parametrized:
+    """An object shown as ``Name(parameter=value, ...)`` from its ``_parameters()``."""
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{key}={value!r}" for key, value in self._parameters().items())
+        return f"{type(self).__name__}({fields})"
+
+    def _parameters(self) -> dict:
+        return {}
+
+
+def nonconvex_error(owner, missing: str, advice: str) -> InvalidInputError:
+    """The error for a CVXPY lowering asked of the nonconvex ``owner``; ``advice`` says what to use."""
+    return InvalidInputError(f"{type(owner).__name__} is nonconvex, so it has no {missing} (CVXPY "
+                             f"needs convex programs); {advice}")
+
+
 def _check_tol(tol) -> float:
     return check_scalar("tol", tol, low=0.0)
 
 
-class ConstraintSet:
+class ConstraintSet(Parametrized):
     """A set ``C`` with a projection, a membership test and (when convex) CVXPY constraints.
 
     Subclasses set ``convex`` and implement ``_project(x)`` (``x`` already checked: finite, floating,
@@ -50,18 +67,10 @@ class ConstraintSet:
     def constraints(self, expr) -> list:
         """CVXPY constraints stating that the expression ``expr`` lies in the set."""
         if not self.convex:
-            raise InvalidInputError(
-                f"{type(self).__name__} is nonconvex, so it has no CVXPY constraints (CVXPY needs "
-                f"convex programs); use {self.relaxation} instead, or use {type(self).__name__}.project "
-                f"in a projected-gradient loop.")
+            raise nonconvex_error(self, "CVXPY constraints",
+                                  f"use {self.relaxation} instead, or use {type(self).__name__}.project "
+                                  f"in a projected-gradient loop.")
         return self._constraints(expr)
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{key}={value!r}" for key, value in self._parameters().items())
-        return f"{type(self).__name__}({fields})"
-
-    def _parameters(self) -> dict:
-        return {}
 
 
 class RadiusBall(ConstraintSet):
