@@ -4,7 +4,7 @@ Declare pruning programs (Net-Trim for a layer or a network, norm balls, sparsit
 objects, verify dual certificates, and swap solver backends with one argument.
 """
 
-from . import certificates, errors
+from . import certificates, errors, penalties, sets
 from .errors import BackendUnavailableError, ConvexnetError, InvalidInputError, SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
 from .network import NetworkResult, trim_network
@@ -21,6 +21,8 @@ __all__ = [
     "SolverFailedError",
     "certificates",
     "errors",
+    "penalties",
+    "sets",
     "trim_network",
 ]
 
