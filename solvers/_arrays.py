@@ -54,9 +54,11 @@ def as_floating(x):
     """``x`` as a floating array of its own kind: tensors stay tensors, anything else becomes numpy.
 
     Floating inputs keep their dtype (float32 stays float32); integer and boolean inputs become
-    float64 (numpy) or torch's default floating dtype.
+    float64 (numpy) or torch's default floating dtype. Tensors are detached: the kernels are
+    projections and proxes applied to parameters, not differentiable operations.
     """
     if is_tensor(x):
+        x = x.detach()
         if x.is_floating_point():
             return x
         return x.to(sys.modules["torch"].get_default_dtype())

@@ -111,6 +111,8 @@ def _sorted_thresholds(values, radius):
     cumulative = xp.cumsum(values, axis=-1, dtype=xp.float64)
     positions = _arrays.new_array(np.arange(1, values.shape[-1] + 1), cumulative)
     count = xp.sum(values * positions > cumulative - radius, axis=-1, keepdims=True)
+    # j = 1 always qualifies; a radius below the spacing of v_1 can round it away.
+    count = xp.clip(count, 1, None)
     tau = (_arrays.take_along_axis(cumulative, count - 1, axis=-1) - radius) / count
     return tau, count
 
@@ -151,17 +153,18 @@ def _michelot(values, labels, start, radius):
     """
     xp = namespace(values)
     rows = start.shape[0]
-    valid = None
+    tau, valid = start, None
     while True:
         if labels is None:
-            counts = _arrays.new_array([max(_arrays.size(values), 1)], values)
+            counts = _arrays.new_array([_arrays.size(values)], values)
             sums = xp.sum(values, axis=0, keepdims=True)
         else:
-            counts = xp.clip(_arrays.segment_sum(labels, rows), 1, None)
+            counts = _arrays.segment_sum(labels, rows)
             sums = _arrays.segment_sum(labels, rows, weights=values)
-        tau = (sums - radius) / counts
+        # A row left empty (its largest entries equal the level up to rounding) keeps its level.
+        tau = xp.where(counts > 0, (sums - radius) / xp.clip(counts, 1, None), tau)
         if valid is None:
-            valid = tau >= start
+            valid = (counts > 0) & (tau >= start)
         keep = values > (tau if labels is None else tau[labels])
         if bool(keep.all()):
             return tau, valid
@@ -198,7 +201,7 @@ def _row_thresholds(magnitudes, radius, total, start, *, check=True):
         sums = xp.sum(xp.where(above, magnitudes, 0), axis=1, keepdims=True, dtype=xp.float64)
         updated = (sums - radius) / xp.clip(counts, 1, None)
         if counts_before is not None and bool((counts == counts_before).all()):
-            return updated, None
+            return xp.where(counts > 0, updated, tau), None
         overshot = (updated < tau) & check if counts_before is None else xp.zeros_like(updated, dtype=bool)
         tau = xp.where(overshot, certain, xp.maximum(tau, updated))
         counts_before = xp.where(overshot, -1, counts)

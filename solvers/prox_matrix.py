@@ -172,7 +172,8 @@ def _sum_of_max_caps(magnitudes, radius):
     slope = rows + xp.cumsum(slope_steps, axis=0) - slope_steps
     # g decreases along the breakpoints and is 0 at the last one, so it crosses r on the piece
     # ending at the first breakpoint where it is <= r.
-    piece = int(xp.sum(intercept - slope * at > radius))
+    # (Rounding can leave g a hair above a tiny r even at the last breakpoint.)
+    piece = min(int(xp.sum(intercept - slope * at > radius)), rows * columns - 1)
     level = (float(intercept[piece]) - radius) / float(slope[piece])
 
     # Redo the last step from each row's own piece, so that the running sums' rounding drops out.
@@ -181,6 +182,9 @@ def _sum_of_max_caps(magnitudes, radius):
     index = xp.clip(kept, 0, columns - 1)
     row_sums = _arrays.take_along_axis(partial_sums, index, axis=1)
     row_sizes = _arrays.to_float64(index + 1)
+    if not bool(active.any()):
+        # Only reachable by rounding, for r far below the data's spacing: the caps are ~0.
+        return xp.zeros_like(row_sums)
     level = (float(xp.sum(xp.where(active, row_sums / row_sizes, 0))) - radius) \
         / float(xp.sum(xp.where(active, 1.0 / row_sizes, 0)))
     return xp.where(active, _arrays.clip_below_inplace((row_sums - level) / row_sizes, 0.0), 0.0)
