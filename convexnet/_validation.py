@@ -162,6 +162,6 @@ def as_data(name: str, x, *, ndim: int | tuple[int, ...] | None = None):
         if arr.ndim not in allowed:
             want = " or ".join(f"{d}-D" for d in allowed)
             raise InvalidInputError(f"{name} must be {want}; got shape {tuple(arr.shape)}.")
-    if not math.isfinite(float(arr.sum())):
+    if not math.isfinite(float((arr.detach() if is_tensor(arr) else arr).sum())):
         check_finite_data(name, arr)
     return arr

@@ -349,8 +349,11 @@ class ConvolutionSubspace(Subspace):
         if tuple(kernels.shape) != (self.n_kernels, self.kernel_width):
             raise InvalidInputError(f"kernels must have shape ({self.n_kernels}, {self.kernel_width}); "
                                     f"got {tuple(kernels.shape)}.")
-        basis = self._basis_like(kernels)
-        flat = (kernels.reshape(-1) * float(np.sqrt(self.positions))) @ basis.T
+        entries, weights = np.nonzero(self.basis)
+        flat = kernels.new_zeros(self.basis.shape[0]) if is_tensor(kernels) \
+            else np.zeros(self.basis.shape[0], dtype=kernels.dtype)
+        # A scatter, not a product with the basis: every weight is copied exactly.
+        flat[entries] = kernels.reshape(-1)[weights]
         return flat.reshape(self.shape)
 
     def kernels(self, W):
