@@ -34,6 +34,7 @@ __all__ = [
     "clip_below_inplace",
     "clip_into",
     "argsort",
+    "concatenate",
 ]
 
 
@@ -201,7 +202,14 @@ def clip_into(x, low, high, out):
 
 
 def argsort(x):
-    """Indices that sort the 1-D ``x`` ascending, stably (ties keep their order)."""
+    """Indices that sort the 1-D ``x`` ascending (ties in any order)."""
     if is_tensor(x):
-        return sys.modules["torch"].argsort(x, stable=True)
-    return np.argsort(x, kind="stable")
+        return sys.modules["torch"].argsort(x)
+    return np.argsort(x)
+
+
+def concatenate(parts):
+    """The 1-D arrays ``parts`` end to end."""
+    if is_tensor(parts[0]):
+        return sys.modules["torch"].cat(parts)
+    return np.concatenate(parts)

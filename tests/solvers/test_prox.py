@@ -240,7 +240,7 @@ def test_l1_float32_of_large_magnitude_stays_exact(n):
 
 def test_l1_float32_columns_of_large_magnitude():
     rng = np.random.default_rng(11)
-    W = (np.float32(1e9) + np.float32(64) * rng.integers(0, 40, (600, 3)).astype(np.float32)).astype(np.float32)
+    W = np.float32(1e9) + np.float32(64) * rng.integers(0, 40, (600, 3)).astype(np.float32)
     out = project_l1_inf_ball(W, radius=50.0)
     for j in range(3):
         np.testing.assert_allclose(out[:, j], l1_reference(W[:, j].astype(np.float64), 50.0),

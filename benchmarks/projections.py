@@ -1,0 +1,142 @@
+"""Projection kernels side by side: medians of interleaved repeats, on the same data, with ratios.
+
+1. ``L1Ball`` on 10^6 float64 entries against a sort-based numpy projection and ``np.sort`` alone
+   (issue 3's target: at most 0.3 times ``np.sort`` on the same vector), at several radii, since the
+   cost of a threshold search depends on how many entries survive.
+2. ``SumOfMaxBall`` on a 1000 x 1000 matrix, against sorting its rows (the first step of any
+   sort-based method).
+3. ``L1InfBall`` on a 4096 x 4096 float32 matrix (every column projected, one call): numpy and torch
+   on the CPU, a sort-based numpy projection of every column, ``np.sort`` of the columns; and on the
+   GPU when CUDA is available (synchronized around each timing), against ``torch.sort``.
+
+Run: ``python benchmarks/projections.py`` (``--quick`` for fewer repeats). Prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from convexnet import sets
+from solvers.prox import project_l1_ball
+
+
+def sort_based_l1(x, radius, axis=0):
+    """The classical projection (Held, Wolfe and Crowder): sort, cumulative sums, threshold."""
+    magnitudes = np.abs(x)
+    ordered = -np.sort(-magnitudes, axis=axis)
+    partial = np.cumsum(ordered, axis=axis, dtype=np.float64)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    positions = np.arange(1, x.shape[axis] + 1).reshape(shape)
+    count = np.sum(ordered * positions > partial - radius, axis=axis, keepdims=True)
+    tau = (np.take_along_axis(partial, count - 1, axis=axis) - radius) / count
+    tau = np.where(np.sum(magnitudes, axis=axis, keepdims=True, dtype=np.float64) > radius, tau, 0)
+    return (np.sign(x) * np.maximum(magnitudes - tau, 0)).astype(x.dtype)
+
+
+def medians(methods: dict, repeats: int, synchronize=lambda: None) -> dict:
+    """Median wall time of each method, the methods interleaved so that machine noise hits all alike."""
+    times = {name: [] for name in methods}
+    for function in methods.values():
+        function()
+    synchronize()
+    for _ in range(repeats):
+        for name, function in methods.items():
+            start = time.perf_counter()
+            function()
+            synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def table(title, rows, baseline):
+    print(f"\n{title}\n")
+    names = list(rows[0][1])
+    print("| radius | nonzeros | " + " | ".join(names) + f" | ratios to {baseline} |")
+    print("|---" * (len(names) + 3) + "|")
+    for (radius, nonzeros), timings in rows:
+        ratios = ", ".join(f"{timings[name] / timings[baseline]:.2f}" for name in names if name != baseline)
+        cells = " | ".join(f"{timings[name] * 1e3:.1f} ms" for name in names)
+        print(f"| {radius:g} | {nonzeros:.2%} | {cells} | {ratios} |")
+
+
+def l1_vector(repeats):
+    x = np.random.default_rng(0).standard_normal(10**6)
+    rows = []
+    for radius in (1.0, 100.0, 1e4, 1e5, 5e5):
+        ball = sets.L1Ball(radius)
+        projected = ball.project(x)
+        assert np.allclose(projected, sort_based_l1(x, radius), atol=1e-10)
+        timings = medians({
+            "L1Ball.project": lambda: ball.project(x),
+            "project_l1_ball kernel": lambda: project_l1_ball(x, radius=radius),
+            "sort-based (numpy)": lambda: sort_based_l1(x, radius),
+            "np.sort": lambda: np.sort(x),
+        }, repeats)
+        rows.append(((radius, np.count_nonzero(projected) / x.size), timings))
+    table("1. L1Ball, 10^6 float64 entries (Gaussian)", rows, "np.sort")
+
+
+def sum_of_max(repeats):
+    W = np.random.default_rng(1).standard_normal((1000, 1000))
+    rows = []
+    for radius in (10.0, 100.0, 1000.0):
+        ball = sets.SumOfMaxBall(radius)
+        projected = ball.project(W)
+        timings = medians({"SumOfMaxBall.project": lambda: ball.project(W),
+                           "np.sort of the rows": lambda: np.sort(W, axis=1)}, repeats)
+        rows.append(((radius, np.count_nonzero(projected.any(axis=1)) / W.shape[0]), timings))
+    table("2. SumOfMaxBall, 1000 x 1000 float64 (nonzeros: the rows kept)", rows, "np.sort of the rows")
+
+
+def l1_inf(repeats):
+    W = np.random.default_rng(2).standard_normal((4096, 4096)).astype(np.float32)
+    tensor = torch.from_numpy(W)
+    gpu = torch.cuda.is_available()
+    rows, gpu_rows = [], []
+    for radius in (10.0, 100.0, 1000.0):
+        ball = sets.L1InfBall(radius)
+        projected = ball.project(W)
+        reference = sort_based_l1(W, radius, axis=0)
+        assert np.allclose(projected, reference, atol=1e-4)
+        timings = medians({
+            "numpy": lambda: ball.project(W),
+            "torch (CPU)": lambda: ball.project(tensor),
+            "sort-based (numpy)": lambda: sort_based_l1(W, radius, axis=0),
+            "np.sort of the columns": lambda: np.sort(W, axis=0),
+        }, repeats)
+        nonzeros = np.count_nonzero(projected) / W.size
+        rows.append(((radius, nonzeros), timings))
+        if gpu:
+            on_gpu = tensor.cuda()
+            gpu_timings = medians({"torch (CUDA)": lambda: ball.project(on_gpu),
+                                   "torch.sort of the columns": lambda: torch.sort(on_gpu, dim=0)},
+                                  repeats, synchronize=torch.cuda.synchronize)
+            gpu_rows.append(((radius, nonzeros), gpu_timings))
+    table("3. L1InfBall, 4096 x 4096 float32, CPU", rows, "np.sort of the columns")
+    if gpu:
+        table(f"3b. L1InfBall on {torch.cuda.get_device_name()}", gpu_rows, "torch.sort of the columns")
+    else:
+        print("\nCUDA is not available: the GPU rows were not measured.")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    quick = parser.parse_args().quick
+    print(f"# {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    l1_vector(5 if quick else 31)
+    sum_of_max(3 if quick else 7)
+    l1_inf(2 if quick else 5)
+
+
+if __name__ == "__main__":
+    main()
