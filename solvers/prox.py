@@ -109,7 +109,8 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     if radius == 0:
         return xp.zeros_like(x)
     rows = _three_axes(x, axis)
-    magnitudes = xp.abs(rows)
+    # C order: the threshold search and the scatter address entries by their C-ordered position.
+    magnitudes = _arrays.contiguous(xp.abs(rows))
     found = _l1_threshold.thresholds(magnitudes, radius)
     if found is None:
         return _arrays.copy(x)

@@ -208,6 +208,17 @@ def test_l1_batched_axis_matches_a_loop(axis):
         np.testing.assert_allclose(moved_out[index], l1_reference(moved[index], radius), atol=1e-11)
 
 
+def test_l1_any_memory_layout():
+    x = np.asfortranarray(np.random.default_rng(16).standard_normal((3, 400, 5)))
+    expected = project_l1_ball(np.ascontiguousarray(x), radius=1.0, axis=1)
+    np.testing.assert_array_equal(project_l1_ball(x, radius=1.0, axis=1), expected)
+    permuted = torch.tensor(np.ascontiguousarray(x.transpose(2, 1, 0))).permute(2, 1, 0)
+    np.testing.assert_array_equal(project_l1_ball(permuted, radius=1.0, axis=1).numpy(), expected)
+    strided = x[:, ::2]
+    np.testing.assert_allclose(project_l1_ball(strided, radius=1.0),
+                               l1_reference(strided.ravel(), 1.0).reshape(strided.shape), atol=1e-12)
+
+
 def test_l1_batch_mixing_inside_and_outside_rows():
     rng = np.random.default_rng(9)
     W = rng.standard_normal((50, 6))
