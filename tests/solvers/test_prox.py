@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from solvers import _l1_threshold
 from solvers.prox import (prox_l0, prox_l1, prox_transformed_l1, project_l1_ball, project_l1_inf_ball,
                           project_sparse, project_subspace)
 from solvers.prox_matrix import project_low_rank, project_nuclear_ball, project_sum_of_max_ball
@@ -180,20 +181,28 @@ def test_l1_long_vectors_match_sort_reference(radius):
     np.testing.assert_allclose(project_l1_ball(x, radius=radius), l1_reference(x, radius), atol=1e-11)
 
 
-def adversarial(n, per_row=256):
-    """Large entries exactly where the strided sample looks: the sampled guess overshoots."""
+def adversarial(n, stride):
+    """Large entries exactly where a strided sample looks, so that the sampled start overshoots."""
     x = np.zeros(n)
-    x[:: n // per_row] = 10.0 + np.linspace(0, 1, len(x[:: n // per_row]))
+    x[::stride] = 10.0 + np.linspace(0, 1, len(x[::stride]))
     return x
 
 
-@pytest.mark.parametrize("n", [300, 5000])
-def test_l1_recovers_when_the_sampled_start_overshoots(n):
-    x = adversarial(n)
-    np.testing.assert_allclose(project_l1_ball(x, radius=5.0), l1_reference(x, 5.0), atol=1e-11)
-    batch = np.stack([x, np.roll(x, 1), -x])
-    out = project_l1_ball(batch, radius=5.0, axis=1)
-    for row, result in zip(batch, out):
+@pytest.mark.parametrize("rows, n, stride", [(1, 20_000, 4), (3, 5000, 3)])
+def test_l1_recovers_when_the_sampled_start_overshoots(monkeypatch, rows, n, stride):
+    """The strides are the kernel's sampling strides for these sizes; the redo must run and be exact."""
+    redone = []
+    search = _l1_threshold._row_thresholds
+
+    def spy(*args, check=True):
+        redone.append(not check)
+        return search(*args, check=check)
+
+    monkeypatch.setattr(_l1_threshold, "_row_thresholds", spy)
+    batch = np.stack([adversarial(n, stride) * (-1) ** row for row in range(rows)])
+    out = project_l1_ball(batch if rows > 1 else batch[0], radius=5.0, axis=1 if rows > 1 else None)
+    assert any(redone)
+    for row, result in zip(batch, out.reshape(rows, n)):
         np.testing.assert_allclose(result, l1_reference(row, 5.0), atol=1e-11)
 
 
