@@ -42,18 +42,33 @@ def sort_based_l1(x, radius, axis=0):
 
 
 def medians(methods: dict, repeats: int, synchronize=lambda: None) -> dict:
-    """Median wall time of each method, the methods interleaved so that machine noise hits all alike."""
-    times = {name: [] for name in methods}
+    """Median wall time of each method. The methods are interleaved, and each round starts with the
+    next one, so that machine noise and the allocator's state after the previous call hit all alike."""
+    names = list(methods)
+    times = {name: [] for name in names}
     for function in methods.values():
         function()
     synchronize()
-    for _ in range(repeats):
-        for name, function in methods.items():
+    for repeat in range(repeats):
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
             start = time.perf_counter()
-            function()
+            methods[name]()
             synchronize()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in times.items()}
+
+
+def one_thread(function):
+    """``function`` run with torch limited to one thread (on a shared machine, OpenMP threads that
+    wait for a descheduled sibling cost more than the second core gives)."""
+    def run():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return function()
+        finally:
+            torch.set_num_threads(threads)
+    return run
 
 
 def table(title, rows, baseline):
@@ -109,6 +124,7 @@ def l1_inf(repeats):
         timings = medians({
             "numpy": lambda: ball.project(W),
             "torch (CPU)": lambda: ball.project(tensor),
+            "torch (CPU, 1 thread)": one_thread(lambda: ball.project(tensor)),
             "sort-based (numpy)": lambda: sort_based_l1(W, radius, axis=0),
             "np.sort of the columns": lambda: np.sort(W, axis=0),
         }, repeats)

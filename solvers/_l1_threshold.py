@@ -26,7 +26,7 @@ def soft_threshold_dense(x, threshold, out):
     """
     xp = namespace(x)
     if _arrays.size(threshold) == 1:
-        # A Python number takes the fast scalar loops; a broadcast 1-element array is several times slower.
+        # A Python number takes numpy's fast scalar loops; a 1-element array is several times slower.
         threshold = float(threshold.reshape(()))
     if x.dtype == xp.float64:
         _arrays.clip_into(x, -threshold, threshold, out)
@@ -87,9 +87,8 @@ def _sampled_lower_bounds(magnitudes, radius):
     size = sorted_sample.shape[-1]
     _, count = _sorted_thresholds(sorted_sample, radius * size / n)
     margin = _arrays.as_index(count + 3 * xp.sqrt(_arrays.to_float64(count)) + 3)
-    guess = _arrays.take_along_axis(sorted_sample, xp.clip(margin, 0, size - 1), axis=-1)
-    guess = xp.where(margin < size, _arrays.to_float64(guess), _arrays.new_array(-np.inf, count,
-                                                                                 dtype=xp.float64))
+    guess = _arrays.to_float64(_arrays.take_along_axis(sorted_sample, xp.clip(margin, 0, size - 1), axis=-1))
+    guess = xp.where(margin < size, guess, _arrays.new_array(-np.inf, guess))
     return xp.moveaxis(guess, -1, 1)
 
 
@@ -156,7 +155,8 @@ def _row_thresholds(magnitudes, radius, total, start, *, check=True):
         updated = (sums - radius) / xp.clip(counts, 1, None)
         if counts_before is not None and bool((counts == counts_before).all()):
             return xp.where(counts > 0, updated, tau), None
-        overshot = (updated < tau) & check if counts_before is None else xp.zeros_like(updated, dtype=bool)
+        first_pass = counts_before is None
+        overshot = (updated < tau) & (check and first_pass)
         tau = xp.where(overshot, certain, xp.maximum(tau, updated))
         counts_before = xp.where(overshot, -1, counts)
     positions = _arrays.flat_nonzero(above)

@@ -235,8 +235,9 @@ def prox_l1(x, *, step: float):
     """
     step = _check_step(step)
     x = _arrays.as_floating(x)
-    return _l1_threshold.soft_threshold_dense(x, _arrays.new_array(step, x, dtype=namespace(x).float64),
-                                 out=namespace(x).empty_like(x))
+    xp = namespace(x)
+    threshold = _arrays.new_array(step, x, dtype=xp.float64)
+    return _l1_threshold.soft_threshold_dense(x, threshold, out=xp.empty_like(x))
 
 
 def prox_l0(x, *, step: float):
