@@ -26,6 +26,9 @@ from .errors import BackendUnavailableError, InvalidInputError
 __all__ = ["RawSolution", "ColumnProgram", "check_backend", "layer_program", "resolve_backend",
            "solve_layer"]
 
+#: The ADMM backend's default relative violation tolerance (``solvers.admm``'s ``violation_tol``).
+ADMM_VIOLATION_TOL = 1e-4
+
 # Worst first: the status a layer reports is the worst of its columns'.
 _SEVERITY = ["solver_error", "unbounded", "infeasible", "max_iterations", "optimal_inaccurate",
              "optimal"]
@@ -291,16 +294,19 @@ def solve_layer(problem, backend: str, *, solver_options=None, executor=None,
     return scaled.unscale(raw)
 
 
+def certificate_tolerances(raw_info: dict) -> dict:
+    """The accuracy a backend promised (``info["tolerance"]``) as its certificate's tolerances."""
+    tol = raw_info.get("tolerance")
+    return {} if tol is None else {"gap_tol": tol, "feas_tol": tol}
+
+
 def _solve_admm(problem, options, verbose) -> RawSolution:
     from solvers import admm
 
-    start = time.perf_counter()
+    options = {"violation_tol": ADMM_VIOLATION_TOL, **options}
     out = admm.solve_graph_form(problem.to_graph_form(), verbose=verbose, **options)
-    elapsed = time.perf_counter() - start
-    W = np.asarray(out.W.detach().cpu().numpy() if hasattr(out.W, "detach") else out.W, dtype=float)
-    dual = np.asarray(out.dual.detach().cpu().numpy() if hasattr(out.dual, "detach") else out.dual,
-                      dtype=float)
-    return RawSolution(W, dual, out.status, getattr(out, "solve_time", elapsed),
-                       getattr(out, "setup_time", 0.0), iterations=out.iterations,
-                       info={"primal_residual": out.primal_residual,
-                             "dual_residual": out.dual_residual})
+    return RawSolution(np.asarray(out.W, dtype=float), np.asarray(out.dual, dtype=float),
+                       out.status, out.solve_time, out.setup_time, iterations=out.iterations,
+                       info={"tolerance": options["violation_tol"],
+                             "primal_residual": out.primal_residual,
+                             "dual_residual": out.dual_residual, "admm": out})
