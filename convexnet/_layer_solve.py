@@ -13,7 +13,6 @@ Backends receive a CVXPY problem or a ``GraphForm``; they never see the problem'
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 
 import cvxpy as cp
