@@ -53,7 +53,8 @@ class ConstraintSet(Parametrized):
 
     convex: bool = True
     relaxation: str = ""
-    _ndim: tuple[int, ...] | None = None
+    # The numbers of dimensions x may have (None: any), checked before any work.
+    _ndim: int | tuple[int, ...] | None = None
 
     def project(self, x):
         """The Euclidean projection of ``x`` onto the set, of ``x``'s kind, dtype and device."""

@@ -35,6 +35,7 @@ __all__ = [
     "clip_into",
     "argsort",
     "concatenate",
+    "zeros",
 ]
 
 
@@ -213,3 +214,10 @@ def concatenate(parts):
     if is_tensor(parts[0]):
         return sys.modules["torch"].cat(parts)
     return np.concatenate(parts)
+
+
+def zeros(like):
+    """Fresh zeros of ``like``'s shape, dtype and device (numpy's from calloc: pages are mapped lazily)."""
+    if is_tensor(like):
+        return sys.modules["torch"].zeros_like(like, memory_format=sys.modules["torch"].contiguous_format)
+    return np.zeros(like.shape, dtype=like.dtype)

@@ -115,10 +115,9 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     if found is None:
         return _arrays.copy(x)
     tau, candidates = found
-    # Scattering few survivors into zeros beats three dense passes, up to about 1/16 of the entries.
-    if candidates is not None and 16 * _arrays.size(candidates[0]) <= _arrays.size(x):
-        out = _l1_threshold.soft_threshold_sparse(rows, tau, *candidates, out=magnitudes)
-        return out.reshape(x.shape)
+    # Scattering few survivors into fresh zeros beats three dense passes, up to about 1/64 of the entries.
+    if candidates is not None and 64 * _arrays.size(candidates[0]) <= _arrays.size(x):
+        return _l1_threshold.soft_threshold_sparse(rows, tau, *candidates).reshape(x.shape)
     out = _l1_threshold.soft_threshold_dense(rows, tau, out=magnitudes)
     if rows.shape[0] * rows.shape[2] > 1 and bool((tau == 0).any()):
         # Rows inside the ball come back bitwise, signed zeros included.

@@ -206,6 +206,13 @@ def test_l1_recovers_when_the_sampled_start_overshoots(monkeypatch, rows, n, str
         np.testing.assert_allclose(result, l1_reference(row, 5.0), atol=1e-11)
 
 
+def test_l1_inside_with_a_misleading_sample_is_still_returned_bitwise():
+    """The sample sees only the large entries, so it guesses a positive threshold for a point inside."""
+    x = adversarial(20_000, 4)
+    out = project_l1_ball(x, radius=np.abs(x).sum() * 1.0001)
+    assert out.tobytes() == x.tobytes()
+
+
 @pytest.mark.parametrize("axis", [0, 1, 2, -1])
 def test_l1_batched_axis_matches_a_loop(axis):
     x = np.random.default_rng(8).standard_normal((3, 400, 5))
