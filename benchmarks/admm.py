@@ -1,0 +1,213 @@
+"""Batched graph-form ADMM against Clarabel (through CVXPY), side by side, on Net-Trim layers.
+
+Three cases (issue 4):
+
+1. ``layer``: a layer shaped like paper 004's NN2-10K first layer (P=10000 samples, N=784, M=300) on the
+   CPU, in the constrained form with per-column budgets and in the regularized form. ADMM solves the
+   whole layer; Clarabel solves a few sampled columns, whose median time is extrapolated to M columns.
+   Target: ADMM at least 100x faster, at the same accuracy (objective and violation printed side by
+   side on the sampled columns).
+2. ``spirals``: the spirals demo's 200 x 200 hidden layer (P=200, N=200, M=200), coupled budget.
+   Target: ADMM under 1 s. Clarabel on the whole coupled layer, within a time limit.
+3. ``gpu``: N=1568, M=512, P=60000 on CUDA to 1e-4. Target: under 10 s. Skipped without CUDA.
+
+The data have the statistics of ReLU activations: ``X = relu(G @ R / sqrt(N))`` with Gaussian ``G`` and
+``R`` (nonnegative, about half zeros) and targets ``Y = relu(X @ W0)`` with Gaussian ``W0 / sqrt(N)``.
+
+Run ``python benchmarks/admm.py`` for everything, ``--case layer --samples 2000 --features 196
+--columns 40`` for a quick run, ``--case spirals --threads 1`` for case 2 on one thread (small matrices
+lose more to thread synchronization than they gain). The machine's load average is printed: the dev
+box is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cvxpy as cp
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from solvers.admm import solve_graph_form  # noqa: E402
+from solvers.graph_form import GraphForm  # noqa: E402
+
+
+def relu_layer(P: int, N: int, M: int, seed: int = 0):
+    """Activations X (P, N) >= 0, targets Y = relu(X W0) (P, M) and the active mask Y > 0."""
+    rng = np.random.default_rng(seed)
+    X = np.maximum(rng.standard_normal((P, N)) @ (rng.standard_normal((N, N)) / np.sqrt(N)), 0.0)
+    Y = np.maximum(X @ (rng.standard_normal((N, M)) / np.sqrt(N)), 0.0)
+    return X, Y, Y > 0
+
+
+def column_forms(X, Y, active, *, rel_epsilon: float, lam: float) -> dict[str, GraphForm]:
+    """The two column-separable Net-Trim forms: per-column budgets and the regularized form."""
+    budgets = rel_epsilon * np.linalg.norm(np.where(active, Y, 0.0), axis=0)
+    return {"constrained (column budgets)": GraphForm(X, Y, active, None, "column_budget",
+                                                      epsilon=budgets),
+            f"regularized (lam={lam:g})": GraphForm(X, Y, active, None, "squared", lam=lam)}
+
+
+def clarabel_program(form: GraphForm, columns) -> tuple[cp.Problem, cp.Variable]:
+    """The form's program restricted to ``columns``, as CVXPY states it (one block per column)."""
+    X, Y, active, V = form.X, form.Y, form.active, form.V
+    W = cp.Variable((X.shape[1], len(columns)))
+    objective = cp.sum(cp.multiply(np.outer(form.l1_weights, np.ones(len(columns))), cp.abs(W)))
+    constraints, residuals = [], []
+    for j, m in enumerate(columns):
+        on, off = active[:, m], ~active[:, m]
+        residual = X[on] @ W[:, j] - Y[on, m]
+        residuals.append(residual)
+        if form.loss == "column_budget":
+            constraints.append(cp.norm(residual, 2) <= form.epsilon[m])
+        if off.any():
+            constraints.append(X[off] @ W[:, j] <= V[off, m])
+    if form.loss == "squared":
+        objective = objective + form.lam * cp.sum_squares(cp.hstack(residuals))
+    elif form.loss == "budget":
+        constraints.append(cp.norm(cp.hstack(residuals), 2) <= form.epsilon)
+    return cp.Problem(cp.Minimize(objective), constraints), W
+
+
+def solve_clarabel(form: GraphForm, columns, time_limit: float | None = None):
+    """Solve the program on ``columns`` with Clarabel; returns (W or None, seconds incl. compile, status)."""
+    start = time.perf_counter()
+    problem, W = clarabel_program(form, columns)
+    options = {} if time_limit is None else {"time_limit": time_limit}
+    try:
+        problem.solve(solver=cp.CLARABEL, **options)
+    except cp.error.SolverError:
+        return None, time.perf_counter() - start, "solver_error"
+    return W.value, time.perf_counter() - start, problem.status
+
+
+def sub_form(form: GraphForm, columns) -> GraphForm:
+    """The same program on a subset of columns (for judging both solvers on the same columns)."""
+    epsilon = form.epsilon[columns] if form.loss == "column_budget" else form.epsilon
+    return GraphForm(form.X, form.Y[:, columns], form.active[:, columns], form.V[:, columns],
+                     form.loss, epsilon=epsilon, lam=form.lam, l1_weights=form.l1_weights)
+
+
+def case_layer(args) -> list[str]:
+    P, N, M = args.samples, args.features, args.columns
+    X, Y, active = relu_layer(P, N, M, seed=args.seed)
+    lines = [f"### Case 1: layer P={P}, N={N}, M={M}, ADMM {args.dtype} on the CPU",
+             f"(active fraction {active.mean():.2f}; Clarabel on {args.clarabel_columns} sampled "
+             f"columns, median time x {M})", ""]
+    header = ("| form | ADMM time (s) | ADMM status, iterations (median / max) | Clarabel time per "
+              "column (s, median) | Clarabel extrapolated (s) | speedup | objective rel. diff "
+              "(ADMM vs Clarabel, sampled columns) | violation ADMM / Clarabel |")
+    lines += [header, "|" + "---|" * 8]
+    sampled = np.random.default_rng(args.seed + 1).choice(M, size=args.clarabel_columns, replace=False)
+    for name, form in column_forms(X, Y, active, rel_epsilon=args.rel_epsilon, lam=args.lam).items():
+        admm_times, result = [], None
+        for _ in range(args.repeats):
+            result = solve_graph_form(form, dtype=args.dtype)
+            admm_times.append(result.setup_time + result.solve_time)
+        admm_time = statistics.median(admm_times)
+        clarabel_times, clarabel_W = [], []
+        for m in sampled:
+            W, seconds, status = solve_clarabel(form, [m])
+            clarabel_times.append(seconds)
+            clarabel_W.append(W[:, 0] if W is not None else np.full(N, np.nan))
+            print(f"  clarabel column {m}: {seconds:.1f} s, {status}", flush=True)
+        clarabel_column = statistics.median(clarabel_times)
+        extrapolated = clarabel_column * M
+        judged = sub_form(form, sampled)
+        admm_columns = np.asarray(result.W)[:, sampled].astype(np.float64)
+        reference = np.stack(clarabel_W, axis=1)
+        admm_objective, clarabel_objective = judged.objective(admm_columns), judged.objective(reference)
+        lines.append(
+            f"| {name} | {admm_time:.1f} | {result.status}, {np.median(result.iterations):.0f} / "
+            f"{result.iterations.max()} | {clarabel_column:.1f} | {extrapolated:.0f} | "
+            f"{extrapolated / admm_time:.0f}x | "
+            f"{(admm_objective - clarabel_objective) / clarabel_objective:+.1e} | "
+            f"{judged.violation(admm_columns):.1e} / {judged.violation(reference):.1e} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def case_spirals(args) -> list[str]:
+    P = N = M = 200
+    X, Y, active = relu_layer(P, N, M, seed=args.seed)
+    form = GraphForm(X, Y, active, None, "budget",
+                     epsilon=args.rel_epsilon * np.linalg.norm(np.where(active, Y, 0.0)))
+    times, result = [], None
+    for _ in range(max(args.repeats, 5)):
+        result = solve_graph_form(form, dtype=args.dtype)
+        times.append(result.setup_time + result.solve_time)
+    admm_time = statistics.median(times)
+    lines = [f"### Case 2: spirals-shaped hidden layer P=N=M=200, coupled budget, ADMM {args.dtype}", "",
+             "| solver | time (s) | status | objective | violation |", "|---|---|---|---|---|",
+             f"| ADMM (median of {len(times)}) | {admm_time:.3f} | {result.status}, "
+             f"{result.iterations.max()} iterations | {result.objective:.6g} | {result.violation:.1e} |"]
+    print(lines[-1], flush=True)
+    W, seconds, status = solve_clarabel(form, list(range(M)), time_limit=args.clarabel_limit)
+    if W is not None and status in ("optimal", "optimal_inaccurate"):
+        lines.append(f"| Clarabel, whole coupled layer | {seconds:.1f} | {status} | "
+                     f"{form.objective(W):.6g} | {form.violation(W):.1e} |")
+        lines.append("")
+        lines.append(f"Speedup {seconds / admm_time:.0f}x; objective rel. diff (ADMM vs Clarabel) "
+                     f"{(result.objective - form.objective(W)) / form.objective(W):+.1e}.")
+    else:
+        lines.append(f"| Clarabel, whole coupled layer | > {seconds:.0f} (limit) | {status} | | |")
+    print("\n".join(lines[-3:]), flush=True)
+    return lines
+
+
+def case_gpu(args) -> list[str]:
+    if not torch.cuda.is_available():
+        print("Case 3 (GPU, N=1568, M=512, P=60000): skipped (no CUDA)")
+        return ["### Case 3: GPU N=1568, M=512, P=60000", "", "skipped (no CUDA)"]
+    P, N, M = 60000, 1568, 512
+    X, Y, active = relu_layer(P, N, M, seed=args.seed)
+    lines = [f"### Case 3: GPU ({torch.cuda.get_device_name()}) P={P}, N={N}, M={M}, float32", "",
+             "| form | time (s) incl. setup | setup (s) | status | iterations (median / max) | "
+             "violation |", "|---|---|---|---|---|---|"]
+    for name, form in column_forms(X, Y, active, rel_epsilon=args.rel_epsilon, lam=args.lam).items():
+        solve_graph_form(form, dtype="float32", device="cuda", max_iterations=20)  # warm-up
+        result = solve_graph_form(form, dtype="float32", device="cuda")
+        lines.append(f"| {name} | {result.setup_time + result.solve_time:.2f} | {result.setup_time:.2f} "
+                     f"| {result.status} | {np.median(result.iterations):.0f} / "
+                     f"{result.iterations.max()} | {result.violation:.1e} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--case", choices=("all", "layer", "spirals", "gpu"), default="all")
+    parser.add_argument("--samples", type=int, default=10000, help="P of case 1")
+    parser.add_argument("--features", type=int, default=784, help="N of case 1")
+    parser.add_argument("--columns", type=int, default=300, help="M of case 1")
+    parser.add_argument("--clarabel-columns", type=int, default=3, help="columns Clarabel solves (case 1)")
+    parser.add_argument("--clarabel-limit", type=float, default=120.0, help="seconds for Clarabel (case 2)")
+    parser.add_argument("--rel-epsilon", type=float, default=0.05)
+    parser.add_argument("--lam", type=float, default=0.1, help="weight of the regularized form")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    parser.add_argument("--repeats", type=int, default=1, help="ADMM runs per form (median)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); one is faster for small layers")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
+          f"{os.getloadavg()[0]:.1f} at start", flush=True)
+    lines = []
+    for case, run in (("layer", case_layer), ("spirals", case_spirals), ("gpu", case_gpu)):
+        if args.case in ("all", case):
+            lines += run(args) + [""]
+    print(f"load average {os.getloadavg()[0]:.1f} at end\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
