@@ -214,5 +214,6 @@ def thresholds(magnitudes, radius):
     if not bool(outside.any()):
         return None
     start = xp.maximum((total - radius) / magnitudes.shape[1], guess)
-    tau, candidates = _row_thresholds(magnitudes, radius, xp.where(outside, start, _arrays.new_array(-np.inf, start)))
+    start = xp.where(outside, start, _arrays.new_array(-np.inf, start))
+    tau, candidates = _row_thresholds(magnitudes, radius, start)
     return xp.where(outside, tau, _arrays.new_array(0.0, tau)), candidates
