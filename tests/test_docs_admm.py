@@ -1,0 +1,28 @@
+"""docs/admm.md runs as written (its ```python blocks in order, in one namespace), and so do the
+docstring examples of the modules it documents."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+from pathlib import Path
+
+import pytest
+
+from tests.test_docs import python_blocks
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "admm.md"
+
+
+def test_page_blocks_run_in_order():
+    blocks = python_blocks(PAGE.read_text())
+    assert blocks, "docs/admm.md has no ```python block"
+    namespace: dict = {"__name__": "docs_admm"}
+    for number, block in enumerate(blocks, start=1):
+        exec(compile(block, f"{PAGE.name}, python block {number}", "exec"), namespace)
+
+
+@pytest.mark.parametrize("module", ["solvers.graph_form", "solvers.admm"])
+def test_docstring_examples_run(module):
+    failures, tried = doctest.testmod(importlib.import_module(module))
+    assert tried > 0 and failures == 0
