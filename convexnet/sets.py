@@ -47,6 +47,12 @@ __all__ = [
 ]
 
 
+def _check_axis(axis: int | None, x) -> None:
+    """Raise when ``axis`` (None or an int) does not name a dimension of ``x``."""
+    if axis is not None and not -x.ndim <= axis < x.ndim:
+        raise InvalidInputError(f"axis={axis} is out of range for x of shape {tuple(x.shape)}.")
+
+
 class L1Ball(RadiusBall):
     r"""The l1 ball ``{x : sum_i |x_i| <= radius}`` (paper 000's convex sparsity constraint).
 
@@ -73,12 +79,12 @@ class L1Ball(RadiusBall):
         return {"radius": self.radius, "axis": self.axis}
 
     def _project(self, x):
-        if self.axis is not None and not -x.ndim <= self.axis < x.ndim:
-            raise InvalidInputError(f"axis={self.axis} is out of range for x of shape {tuple(x.shape)}.")
+        _check_axis(self.axis, x)
         return prox.project_l1_ball(x, radius=self.radius, axis=self.axis)
 
     def norm(self, x) -> np.ndarray:
         """``sum |x|`` (per slice when ``axis`` is set), in float64."""
+        _check_axis(self.axis, x)
         return np.sum(np.abs(as_numpy(x)), axis=self.axis)
 
     def _constraints(self, expr):
@@ -184,11 +190,11 @@ class Sparse(ConstraintSet):
         return {"k": self.k, "axis": self.axis}
 
     def _project(self, x):
-        if self.axis is not None and not -x.ndim <= self.axis < x.ndim:
-            raise InvalidInputError(f"axis={self.axis} is out of range for x of shape {tuple(x.shape)}.")
+        _check_axis(self.axis, x)
         return prox.project_sparse(x, k=self.k, axis=self.axis)
 
     def _contains(self, x, tol):
+        _check_axis(self.axis, x)
         return bool(np.all(np.sum(np.abs(as_numpy(x)) > tol, axis=self.axis) <= self.k))
 
 

@@ -124,8 +124,10 @@ def test_l1_ball_edges():
     assert ball.project(inside).tobytes() == inside.tobytes()
     assert not sets.L1Ball(0.0).project(np.array([1.0, -2.0])).any()
     assert ball.contains(np.array([0.5, 0.5])) and not ball.contains(np.array([0.5, 0.5 + 1e-6]))
-    with pytest.raises(InvalidInputError, match="axis"):
-        sets.L1Ball(1.0, axis=2).project(np.ones((2, 2)))
+    for bad_axis in (sets.L1Ball(1.0, axis=2), sets.Sparse(1, axis=-3)):
+        for method in (bad_axis.project, bad_axis.contains):
+            with pytest.raises(InvalidInputError, match="axis"):
+                method(np.ones((2, 2)))
 
 
 def test_l1_inf_ball_bounds_every_column_in_one_call():
