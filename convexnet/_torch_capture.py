@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from .errors import InvalidInputError
 
 __all__ = ["LayerSpec", "SUPPORTED", "find_layers", "detect_relu", "resolve_relu", "layer_rows",
-           "design_blocks", "effective_tensor", "count_rows", "select_rows", "capture", "working_copy", "run_model"]
+           "design_blocks", "effective_tensor", "count_rows", "select_rows", "capture",
+           "working_copy", "run_model", "is_iterable"]
 
 SUPPORTED = (torch.nn.Linear, torch.nn.Conv2d)
 # Modules that are the identity at evaluation time: a ReLU after them still follows the layer.
@@ -40,7 +41,6 @@ class LayerSpec:
     name: str
     kind: str
     relu: bool
-    groups: int
     weight_shape: tuple
 
 
@@ -60,7 +60,7 @@ def find_layers(model: torch.nn.Module, layers) -> list[str]:
                 "handles these two layer types.")
         chosen = candidates
     else:
-        if isinstance(layers, str) or not _is_iterable(layers):
+        if isinstance(layers, str) or not is_iterable(layers):
             raise InvalidInputError(
                 f"layers must be None or a list of module names (e.g. {candidates[:3]}); "
                 f"got {layers!r}.")
@@ -371,7 +371,8 @@ def _as_numpy(tensor: torch.Tensor) -> np.ndarray:
     return tensor.detach().to("cpu", torch.float64, copy=True).numpy()
 
 
-def _is_iterable(value) -> bool:
+def is_iterable(value) -> bool:
+    """Whether ``iter(value)`` works."""
     try:
         iter(value)
     except TypeError:

@@ -181,7 +181,7 @@ def _batches(inputs, batch_size, reference: torch.Tensor) -> list[torch.Tensor]:
         if whole.dim() == 0:
             raise InvalidInputError("inputs is a 0-d tensor; pass a batch of samples.")
         batches = [whole] if batch_size is None else list(torch.split(whole, batch_size))
-    elif isinstance(inputs, (str, bytes, dict)) or not capture_layers._is_iterable(inputs):
+    elif isinstance(inputs, (str, bytes, dict)) or not capture_layers.is_iterable(inputs):
         raise InvalidInputError(
             f"inputs must be a torch.Tensor or an iterable of tensor batches (a DataLoader, a "
             f"list); got {type(inputs).__name__}.")
@@ -328,7 +328,8 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
         Passed to each layer's :class:`convexnet.NetTrimProblem` / ``solve``; ``certify`` attaches
         the duality-gap certificate to every result (the report's "cert" column).
     progress : callable, optional
-        ``progress(index, n_layers, layer_report)`` after each layer is solved.
+        ``progress(index, n_layers, layer_report)`` after each layer is solved (its
+        ``discrepancy`` and ``bound`` are filled in once every layer is).
 
     Returns
     -------
@@ -369,8 +370,9 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
     _check_options(max_samples, seed, batch_size, device, progress, solver_options)
     names = capture_layers.find_layers(model, layers)
     relus = capture_layers.resolve_relu(names, model, relu)
-    batches = _batches(inputs, batch_size, _reference_tensor(model))
-    device = torch.device(device) if device is not None else _reference_tensor(model).device
+    reference = _reference_tensor(model)
+    batches = _batches(inputs, batch_size, reference)
+    device = reference.device if device is None else torch.device(device)
     problem_options = dict(split_budget=bool(split_budget) if lam is None else False,
                            penalize_bias=bool(penalize_bias))
 
@@ -438,6 +440,5 @@ def _fresh(update):
 
 def _spec(name: str, module, relu: bool) -> capture_layers.LayerSpec:
     kind = "Linear" if isinstance(module, torch.nn.Linear) else "Conv2d"
-    groups = 1 if kind == "Linear" else module.groups
     shape = tuple((module.weight_orig if hasattr(module, "weight_orig") else module.weight).shape)
-    return capture_layers.LayerSpec(name, kind, relu, groups, shape)
+    return capture_layers.LayerSpec(name, kind, relu, shape)
