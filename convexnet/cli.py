@@ -4,7 +4,9 @@ Subcommands:
 
 * ``convexnet demo``: paper 004's Figure 1 on nested spirals (:mod:`convexnet.demo`).
 * ``convexnet prune``: Net-Trim on a saved torch model (:func:`convexnet.nn.trim`; file formats in
-  :mod:`convexnet._torch_io`).
+  :mod:`convexnet._torch_io`); ``--save-results DIR`` keeps every layer program and solution.
+* ``convexnet certify``: duality-gap certificates of saved results (``NetTrimResult.save`` files, or
+  the directory ``prune --save-results`` wrote), checked independently of the solver.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     report = run_demo(out=args.out, rel_epsilon=args.rel_epsilon, gamma=args.gamma,
-                      backend=args.backend, seed=args.seed, steps=args.steps)
+                      backend=args.backend, seed=args.seed, steps=args.steps, hidden=args.hidden)
     print(report.table())
     if report.figure:
         print(f"\nfigure saved to {report.figure}")
@@ -78,9 +80,67 @@ def _prune(args) -> int:
                   batch_size=args.batch_size, split_budget=args.split_budget,
                   progress=_progress_printer())
     _torch_io.save_model(loaded, args.out, keep_masks=args.keep_masks)
+    if args.save_results is not None:
+        _save_results(report, args.save_results)
     print(report.table())
     print(f"\npruned model saved to {args.out}" + (" (with masks)" if args.keep_masks else ""))
     return 0
+
+
+def _save_results(report, directory) -> None:
+    from pathlib import Path
+
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    for layer in report.layers:
+        for group, result in enumerate(layer.results):
+            suffix = "" if len(layer.results) == 1 else f".group{group}"
+            result.save(folder / f"{layer.name or 'model'}{suffix}.npz")
+    print(f"layer programs and solutions saved to {folder}/ (check them: convexnet certify "
+          f"{folder})", file=sys.stderr)
+
+
+def _result_files(paths) -> list:
+    from pathlib import Path
+
+    files = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(path.glob("*.npz"))
+            if not found:
+                raise InvalidInputError(f"{path} holds no .npz result files.")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InvalidInputError(f"{path} does not exist; give .npz files written by "
+                                    "NetTrimResult.save or a directory of them.")
+    return files
+
+
+def _certify(args) -> int:
+    import numpy as np
+
+    from .certificates import verify
+
+    rows = [f"{'result':<32}{'ok':>4}{'gap':>12}{'relative gap':>14}{'violation':>11}"]
+    all_ok = True
+    for path in _result_files(args.paths):
+        try:
+            with np.load(path, allow_pickle=False) as saved:
+                report = verify(dict(saved), gap_tol=args.gap_tol, feas_tol=args.feas_tol)
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, ConvexnetError):
+                raise
+            raise InvalidInputError(f"{path} is not a saved result ({exc}).") from None
+        all_ok &= report.ok
+        rows.append(f"{path.stem:<32}{'yes' if report.ok else 'NO':>4}{report.gap:>12.3e}"
+                    f"{report.relative_gap:>14.3e}{report.primal_violation:>11.2e}")
+    print("\n".join(rows))
+    print("\nall certified" if all_ok else
+          f"\nnot certified at gap_tol={args.gap_tol}, feas_tol={args.feas_tol}")
+    return 0 if all_ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--backend", default="auto", help="solver backend (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--steps", type=int, default=2500, help="training steps")
+    demo.add_argument("--hidden", type=int, default=200,
+                      help="width of both hidden layers (default: the paper's %(default)s)")
     demo.set_defaults(handler=_demo)
 
     prune = commands.add_parser(
@@ -141,7 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
                        help="per-column budgets (columns solved independently)")
     prune.add_argument("--keep-masks", action="store_true",
                        help="save weight_orig/weight_mask instead of making the pruning permanent")
+    prune.add_argument("--save-results", metavar="DIR",
+                       help="also save every layer's program and solution here (for certify)")
     prune.set_defaults(handler=_prune)
+
+    certify = commands.add_parser(
+        "certify", help="check saved results by their duality-gap certificates",
+        description="Recompute the duality-gap certificate of saved Net-Trim results (numpy only, "
+                    "independent of the solver that produced them). Exit status 0 when every "
+                    "result is certified, 1 when one is not, 2 on bad input.")
+    certify.add_argument("paths", nargs="+", metavar="PATH",
+                         help=".npz files from NetTrimResult.save, or directories of them "
+                              "(prune --save-results)")
+    certify.add_argument("--gap-tol", type=float, default=1e-6,
+                         help="relative duality gap accepted (default: %(default)s)")
+    certify.add_argument("--feas-tol", type=float, default=1e-6,
+                         help="relative constraint violation accepted (default: %(default)s)")
+    certify.set_defaults(handler=_certify)
     return parser
 
 

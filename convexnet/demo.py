@@ -115,16 +115,20 @@ class DemoReport:
 
 def run_demo(*, out: str | None = "convexnet_demo.png", rel_epsilon: float = 0.02,
              gamma: float = 1.5, backend: str = "auto", seed: int = 0, steps: int = 2500,
-             stream=sys.stderr) -> DemoReport:
-    """Train, trim in cascade mode, report, and save the figure (``out=None`` skips it)."""
+             hidden: int = 200, stream=sys.stderr) -> DemoReport:
+    """Train, trim in cascade mode, report, and save the figure (``out=None`` skips it).
+
+    ``hidden`` is the width of both hidden layers (the paper's 200; smaller for a quick look).
+    """
 
     def log(message):
         if stream is not None:
             print(message, file=stream, flush=True)
 
     X, labels = spirals(seed=seed)
-    log(f"[1/3] training a 2-200-200-2 ReLU network on {len(X)} spiral points")
-    weights, biases = train_spirals_network(X, labels, steps=steps, seed=seed, log=log)
+    log(f"[1/3] training a 2-{hidden}-{hidden}-2 ReLU network on {len(X)} spiral points")
+    weights, biases = train_spirals_network(X, labels, hidden=hidden, steps=steps, seed=seed,
+                                            log=log)
 
     log(f"[2/3] cascade Net-Trim (rel_epsilon={rel_epsilon}, gamma={gamma}, backend={backend!r})")
     start = time.perf_counter()
