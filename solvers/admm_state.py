@@ -288,9 +288,11 @@ def initial_state(data: ADMMData, *, rho=None, warm_start=None) -> ADMMState:
     P, N = X.shape
     M = data.Y.shape[1]
     coupled = data.loss == "budget"
+    if warm_start is not None:
+        _check_warm_start(warm_start, N=N, P=P, M=M)
     start_rho = _default_rho(data)
     if warm_start is not None and getattr(warm_start, "rho", None) is not None:
-        previous = torch.as_tensor(np.asarray(_to_numpy(warm_start.rho)), dtype=dtype, device=device)
+        previous = _as_tensor(warm_start.rho, dtype, device)
         start_rho = previous.mean().reshape(1, 1) if coupled else previous.reshape(1, M)
     if rho is not None:
         start_rho = torch.full_like(start_rho, float(rho))
@@ -300,20 +302,31 @@ def initial_state(data: ADMMData, *, rho=None, warm_start=None) -> ADMMState:
         Z = torch.zeros((P, M), dtype=dtype, device=device)
         W_dual, Z_dual = torch.zeros_like(W), torch.zeros_like(Z)
     else:
-        W_given = torch.as_tensor(_to_numpy(warm_start.W), dtype=dtype, device=device)
+        W_given = _as_tensor(warm_start.W, dtype, device)
         W = W_given / (data.column_scale * data.output_scale)
         Z = X @ W
         dual = getattr(warm_start, "dual", None)
         if dual is None:
             Z_dual = torch.zeros_like(Z)
         else:
-            Z_dual = -torch.as_tensor(_to_numpy(dual), dtype=dtype, device=device) / start_rho
+            Z_dual = -_as_tensor(dual, dtype, device) / start_rho
         W_dual = -(X.T @ Z_dual)
     return ADMMState(W=W, Z=Z, W_dual=W_dual, Z_dual=Z_dual, W_prox=W, Z_prox=Z,
                      Z_prox_input=Z - Z_dual, rho=start_rho)
 
 
-def _to_numpy(values):
+def _check_warm_start(warm_start, *, N: int, P: int, M: int) -> None:
+    expected = {"W": (N, M), "dual": (P, M), "rho": (M,)}
+    if getattr(warm_start, "W", None) is None:
+        raise ValueError("warm_start needs an attribute W of shape (N, M) (e.g. a previous ADMMResult).")
+    for name, shape in expected.items():
+        value = getattr(warm_start, name, None)
+        if value is not None and tuple(value.shape) != shape:
+            raise ValueError(f"warm_start.{name} must have shape {shape}; got {tuple(value.shape)}.")
+
+
+def _as_tensor(values, dtype: torch.dtype, device) -> torch.Tensor:
+    """A warm start's array (numpy or a tensor on any device) on the solve's device and dtype."""
     if isinstance(values, torch.Tensor):
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
+        return values.detach().to(device=device, dtype=dtype)
+    return torch.as_tensor(np.asarray(values), dtype=dtype, device=device)

@@ -316,3 +316,7 @@ def test_bad_input_raises_before_work():
         solve_graph_form(form, alpha=2.5)
     with pytest.raises(ValueError, match="dtype"):
         solve_graph_form(form, dtype=torch.float16)
+    previous = solve_graph_form(form, max_iterations=1)
+    narrower = GraphForm(X[:, :-1], Y, active, V, "squared", lam=1.0)
+    with pytest.raises(ValueError, match="warm_start.W"):
+        solve_graph_form(narrower, warm_start=previous)
