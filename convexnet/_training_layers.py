@@ -40,8 +40,8 @@ def write_matrix(weight: torch.Tensor, bias: torch.Tensor | None, matrix: torch.
 
 
 # ------------------------------------------------------------------------------------ checks
-def check_layer(label: str, module) -> None:
-    """A plain (not pruned) floating-point Linear or convolution layer."""
+def check_layer(label: str, module, *, allow_pruned: bool = False) -> None:
+    """A floating-point Linear or convolution layer, plain unless ``allow_pruned``."""
     if not isinstance(module, torch.nn.Module):
         raise InvalidInputError(f"{label} must be a torch.nn.Module (a Linear or convolution layer); "
                                 f"got {type(module).__name__}.")
@@ -51,8 +51,8 @@ def check_layer(label: str, module) -> None:
             f"{label} is a {type(module).__name__}{'' if has_weight else ', which has no weight'}; "
             "only torch.nn.Linear and Conv1d/Conv2d/Conv3d layers can be trained under a set or a "
             "penalty (list the layers themselves, not their container).")
-    if hasattr(module, "weight_orig") or hasattr(module, "bias_orig") \
-            or torch.nn.utils.parametrize.is_parametrized(module):
+    if torch.nn.utils.parametrize.is_parametrized(module) or not allow_pruned and (
+            hasattr(module, "weight_orig") or hasattr(module, "bias_orig")):
         raise InvalidInputError(
             f"{label} is pruned or parametrized (its weight is computed, e.g. weight_orig * "
             "weight_mask); make it plain first with torch.nn.utils.prune.remove(module, 'weight').")

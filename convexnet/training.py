@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from . import _training_layers as layer_tools
+from ._torch_capture import effective_tensor
 from ._torch_write import LayerUpdate, write_all
 from ._validation import check_scalar
 from .errors import InvalidInputError
@@ -65,10 +66,12 @@ def design_matrix(module: torch.nn.Module) -> torch.Tensor:
     Tensor, shape (N, M) or (N + 1, M)
         ``W = weight.reshape(M, -1).T`` (``N = in_features``, or ``C_in / groups * prod(kernel)``;
         ``M = out_features`` or ``C_out``), with the bias as a last row when the module has one.
-        Detached, in the weight's dtype, on its device.
+        Detached, in the weight's dtype, on its device. For a pruned layer, the weights it computes
+        with (``weight_orig * weight_mask``).
     """
-    layer_tools.check_layer("module", module)
-    return layer_tools.layer_matrix(module.weight, module.bias).clone()
+    layer_tools.check_layer("module", module, allow_pruned=True)
+    return layer_tools.layer_matrix(effective_tensor(module, "weight"),
+                                    effective_tensor(module, "bias")).clone()
 
 
 # -------------------------------------------------------------------------------- wrappers
@@ -90,7 +93,12 @@ class _OptimizerWrapper:
 
     @property
     def defaults(self) -> dict:
+        """The wrapped optimizer's default hyperparameters."""
         return self.optimizer.defaults
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a parameter group to the wrapped optimizer."""
+        self.optimizer.add_param_group(param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Reset the gradients, as ``optimizer.zero_grad``."""

@@ -327,6 +327,8 @@ def test_rvsm_training_gives_a_sparse_accurate_network_and_exports_it():
     for index in (0, 2):
         torch.testing.assert_close(model[index].weight.detach(), state[f"{index}.weight"])
         torch.testing.assert_close(model[index].weight_mask, (state[f"{index}.weight"] != 0).double())
+    V = training.design_matrix(model[0])         # a pruned layer: the weights it computes with
+    torch.testing.assert_close(V, torch.cat([state["0.weight"].T, state["0.bias"][None]]))
     with torch.no_grad():
         assert (model(X).argmax(1) == labels).double().mean().item() == pytest.approx(accuracy)
     fresh = mlp(sizes=(6, 16, 3))
