@@ -8,10 +8,20 @@ import importlib
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.test_docs import python_blocks
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "admm.md"
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """The examples are tiny layers, which run faster on one thread (see the page's practical notes)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def test_page_blocks_run_in_order():
