@@ -48,6 +48,7 @@ from .errors import InvalidInputError
 __all__ = [
     "CertificateReport",
     "duality_gap",
+    "primal_violation",
     "verify",
     "UniquenessCertificate",
     "LayerUniquenessCertificate",
@@ -75,8 +76,9 @@ class CertificateReport:
     primal_violation : float
         ``max(budget_violation, inequality_violation)``; 0 for a feasible ``W``.
     budget_violation : float
-        ``(||r_A|| - epsilon)_+ / epsilon`` with ``r = Z - Y`` (the largest over columns for per-column
-        budgets; scaled by ``||Y||_F`` instead of a zero budget). 0 for the regularized form.
+        ``(||r_A|| - epsilon)_+ / epsilon`` with ``r = Z - Y`` (per-column budgets: the norm of the
+        columns' excesses over the norm of the budgets; ``||Y||_F`` replaces a zero budget). 0 for the
+        regularized form.
     inequality_violation : float
         ``max_{off A} (Z - V)_+ / max(max|Y|, max|V|)`` (scale 1 when both are 0).
     primal, dual : float
@@ -347,15 +349,37 @@ def _layer_loss(epsilon, column_budgets, lam, M) -> LayerLoss:
 
 
 def _budget_violation(residual, Y, loss: LayerLoss) -> float:
+    """Budget excess relative to the layer's budget.
+
+    Coupled: ``(||r_A|| - epsilon)_+ / epsilon``. Per column: ``||((||r_m|| - epsilon_m)_+)_m|| /
+    ||(epsilon_m)_m||``, so that ``||r_A|| <= epsilon (1 + violation)`` for the layer either way (a
+    near-dead column with a tiny budget does not dominate). A zero budget is replaced by ``||Y||_F``.
+    """
     if loss.kind == "regularized":
         return 0.0
     if loss.kind == "coupled":
-        norms, budgets = np.array([np.linalg.norm(residual)]), np.array([loss.epsilon])
+        excess, budget = max(float(np.linalg.norm(residual)) - loss.epsilon, 0.0), loss.epsilon
     else:
-        norms, budgets = np.linalg.norm(residual, axis=0), loss.budgets
-    y_scale = float(np.linalg.norm(Y)) or 1.0
-    scales = np.where(budgets > 0, budgets, y_scale)
-    return float(np.max(np.maximum(norms - budgets, 0.0) / scales, initial=0.0))
+        excess = float(np.linalg.norm(np.maximum(np.linalg.norm(residual, axis=0) - loss.budgets,
+                                                 0.0)))
+        budget = float(np.linalg.norm(loss.budgets))
+    scale = budget if budget > 0 else (float(np.linalg.norm(Y)) or 1.0)
+    return excess / scale
+
+
+def primal_violation(X, Y, active, V, W, *, epsilon=None, column_budgets=None,
+                     lam=None) -> float:
+    """Relative constraint violation of ``W`` for the layer program: 0 when feasible.
+
+    The larger of the budget excess (:func:`_budget_violation`) and the threshold excess
+    ``max_{off A} (Z - V)_+ / max(|Y|_max, |V|_max)``. The one definition used by
+    :func:`duality_gap` and by ``NetTrimProblem.violation``. Inputs as in :func:`duality_gap`
+    (already validated arrays).
+    """
+    Z = X @ W
+    loss = _layer_loss(epsilon, column_budgets, lam, Y.shape[1])
+    residual = np.where(active, Z - Y, 0.0)
+    return max(_budget_violation(residual, Y, loss), _inequality_violation(Z, Y, V, active))
 
 
 def _inequality_violation(Z, Y, V, active) -> float:

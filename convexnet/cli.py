@@ -151,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="Net-Trim on nested spirals (paper 004, Figure 1)")
     demo.add_argument("--out", default="convexnet_demo.png",
                       help="where to save the figure (default: %(default)s)")
-    demo.add_argument("--rel-epsilon", type=float, default=0.02,
+    demo.add_argument("--rel-epsilon", type=float, default=0.03,
                       help="first layer's budget relative to ||Y_1||_F (default: %(default)s)")
-    demo.add_argument("--gamma", type=float, default=1.5,
+    demo.add_argument("--gamma", type=float, default=1.05,
                       help="cascade inflation rate (default: %(default)s)")
     demo.add_argument("--backend", default="auto", help="solver backend (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import _layer_solve
 from ._validation import as_float_array, check_scalar
-from .certificates import verify
+from .certificates import primal_violation, verify
 from .errors import InvalidInputError
 
 __all__ = ["NetTrimProblem", "NetTrimResult"]
@@ -46,8 +46,10 @@ class NetTrimProblem:
         The layer's input, one sample per row.
     Y : array_like, shape (P, M)
         The trained layer's output on ``X`` (after the ReLU when ``relu=True``, so ``Y >= 0``).
-    epsilon : float, optional
-        Constrained form with the budget ``sum_{Omega} (Z - Y)^2 <= epsilon^2`` on the whole layer.
+    epsilon : float or array_like of shape (M,), optional
+        Constrained form with the budget ``sum_{Omega} (Z - Y)^2 <= epsilon^2`` on the whole layer; an
+        array gives one budget per column (``sum_{Omega_m} (Z[:, m] - Y[:, m])^2 <= epsilon[m]^2``,
+        columns decoupled, as with ``split_budget``).
     rel_epsilon : float, optional
         Constrained form with ``epsilon = rel_epsilon * ||Y||_F`` (the paper's practical choice).
     lam : float, optional
@@ -69,8 +71,8 @@ class NetTrimProblem:
         set to 0. The constraints are then re-checked: while cleaning would raise the relative
         violation above ``max(violation before cleaning, feas_tol)``, the tolerance is divided by 10
         (three times at most, then the solution is kept as the backend returned it).
-    feas_tol : float, default 1e-7
-        The relative violation that cleaning may introduce.
+    feas_tol : float, default 1e-6
+        The relative violation that cleaning may introduce (the certificates' default tolerance).
 
     Attributes
     ----------
@@ -99,7 +101,7 @@ class NetTrimProblem:
 
     def __init__(self, X, Y, *, epsilon=None, rel_epsilon=None, lam=None, V=None, relu=True,
                  bias=False, penalize_bias=True, split_budget=False, zero_tol=1e-6,
-                 feas_tol=1e-7):
+                 feas_tol=1e-6):
         X = as_float_array("X", X, ndim=2)
         Y = as_float_array("Y", Y, ndim=2)
         if X.shape[0] != Y.shape[0]:
@@ -147,16 +149,26 @@ class NetTrimProblem:
                                         "(the regularized form already decouples columns).")
         else:
             self.form = "constrained"
-            if epsilon is not None:
+            column_budgets = None
+            if epsilon is not None and np.ndim(epsilon) == 1:
+                column_budgets = as_float_array("epsilon", epsilon, ndim=1)
+                if column_budgets.shape != (Y.shape[1],):
+                    raise InvalidInputError(f"epsilon as an array holds one budget per column of Y: "
+                                            f"shape ({Y.shape[1]},); got {column_budgets.shape}.")
+                if (column_budgets < 0).any():
+                    raise InvalidInputError("epsilon must be >= 0 in every column.")
+                self.epsilon = float(np.linalg.norm(column_budgets))
+            elif epsilon is not None:
                 self.epsilon = check_scalar("epsilon", epsilon, low=0.0)
             else:
                 rel = check_scalar("rel_epsilon", rel_epsilon, low=0.0)
                 self.epsilon = rel * float(np.linalg.norm(Y))
-            if split_budget:
+            if column_budgets is None and split_budget:
                 y_norm = float(np.linalg.norm(Y))
                 shares = (np.linalg.norm(Y, axis=0) / y_norm if y_norm > 0
                           else np.full(Y.shape[1], Y.shape[1] ** -0.5))
-                self.column_budgets = self.epsilon * shares
+                column_budgets = self.epsilon * shares
+            self.column_budgets = column_budgets
 
     @classmethod
     def from_weights(cls, X, W, b=None, *, relu=True, **kwargs) -> "NetTrimProblem":
@@ -290,26 +302,15 @@ class NetTrimProblem:
     def violation(self, W_design: np.ndarray) -> float:
         """Relative constraint violation of ``W_design``: 0 when feasible.
 
-        The largest of the budget excess ``(||(Z - Y)_Omega|| - epsilon)_+ / epsilon`` (per column
-        with split budgets; scaled by ``||Y||_F`` instead when a budget is 0) and the threshold excess
-        ``max_{off Omega} (Z - V)_+ / max(|Y|_max, |V|_max)``.
+        The larger of the budget excess relative to the layer budget, ``(||(Z - Y)_Omega|| -
+        epsilon)_+ / epsilon`` (with split budgets, the norm of the per-column excesses over
+        ``epsilon``), and the threshold excess ``max_{off Omega} (Z - V)_+ / max(|Y|_max, |V|_max)``;
+        see :func:`convexnet.certificates.primal_violation`, which certificates share.
         """
-        Z = self.X_design @ W_design
-        residual = np.where(self.active, Z - self.Y, 0.0)
-        y_scale = float(np.linalg.norm(self.Y)) or 1.0
-        excess = 0.0
-        if self.form == "constrained":
-            if self.column_budgets is None:
-                norms, budgets = np.array([np.linalg.norm(residual)]), np.array([self.epsilon])
-            else:
-                norms, budgets = np.linalg.norm(residual, axis=0), self.column_budgets
-            scales = np.where(budgets > 0, budgets, y_scale)
-            excess = float(np.max(np.maximum(norms - budgets, 0.0) / scales))
-        if not self.active.all():
-            z_scale = max(float(np.abs(self.Y).max()), float(np.abs(self.V).max())) or 1.0
-            over = np.where(self.active, 0.0, Z - self.V)
-            excess = max(excess, float(max(over.max(), 0.0)) / z_scale)
-        return excess
+        budget = ({"lam": self.lam} if self.form == "regularized" else
+                  {"column_budgets": self.column_budgets} if self.column_budgets is not None else
+                  {"epsilon": self.epsilon})
+        return primal_violation(self.X_design, self.Y, self.active, self.V, W_design, **budget)
 
     def clean(self, W_design: np.ndarray) -> np.ndarray:
         """Exact zeros by the rule of ``zero_tol`` (class docstring), feasibility preserved."""

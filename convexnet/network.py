@@ -69,7 +69,8 @@ def layer_budget(Y: np.ndarray, *, epsilon=None, rel_epsilon=None, lam=None) -> 
     return {"epsilon": epsilon}
 
 
-def cascade_budget(pre: np.ndarray, Y: np.ndarray, *, relu: bool, gamma: float, lam=None) -> dict:
+def cascade_budget(pre: np.ndarray, Y: np.ndarray, *, relu: bool, gamma: float, lam=None,
+                   split: bool = False) -> dict:
     """Thresholds and budget of a cascade layer ``l >= 2`` (Algorithm 2, eq. 7).
 
     Parameters
@@ -80,17 +81,22 @@ def cascade_budget(pre: np.ndarray, Y: np.ndarray, *, relu: bool, gamma: float, 
         The original network's output of the layer (the target).
     relu : bool
         Whether the layer has a ReLU (Omega is ``Y > 0``, otherwise every entry).
+    split : bool
+        Per-column budgets: eq. 7 column by column, ``epsilon_m^2 = gamma sum_{Omega_m} (pre - Y)^2``.
+        Their squares add up to the layer's ``epsilon^2``, and the original weights stay feasible for
+        every column (a split in proportion to ``||Y[:, m]||`` would not guarantee that).
 
     Returns
     -------
     dict
-        ``{"V": pre, "epsilon": sqrt(gamma * sum_Omega (pre - Y)^2)}``, or ``{"V": pre, "lam": lam}``
-        for the regularized form; keywords of :class:`NetTrimProblem`.
+        ``{"V": pre, "epsilon": sqrt(gamma * sum_Omega (pre - Y)^2)}`` (an (M,) array when ``split``),
+        or ``{"V": pre, "lam": lam}`` for the regularized form; keywords of :class:`NetTrimProblem`.
     """
     if lam is not None:
         return {"V": pre, "lam": lam}
     omega = Y > 0 if relu else np.ones(Y.shape, dtype=bool)
-    return {"V": pre, "epsilon": float(np.sqrt(gamma * np.sum(np.where(omega, pre - Y, 0.0) ** 2)))}
+    squares = gamma * np.sum(np.where(omega, pre - Y, 0.0) ** 2, axis=0)
+    return {"V": pre, "epsilon": np.sqrt(squares) if split else float(np.sqrt(squares.sum()))}
 
 
 @dataclass
@@ -271,7 +277,8 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
                                          **budget(originals[0]), **common)
             else:
                 pre = current @ weights[i] + (0.0 if biases[i] is None else biases[i])
-                spec = cascade_budget(pre, originals[i], relu=relus[i], gamma=gamma, lam=lam)
+                spec = cascade_budget(pre, originals[i], relu=relus[i], gamma=gamma, lam=lam,
+                                      split=split_budget)
                 problem = NetTrimProblem(current, originals[i], relu=relus[i],
                                          bias=biases[i] is not None, **spec, **common)
             layers.append(problem.solve(executor=executor, **options))

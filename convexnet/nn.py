@@ -217,6 +217,7 @@ class _Budget:
     lam: float | None
     mode: str
     gamma: float
+    split: bool
 
 
 def _group_budget(budget: _Budget, X, Y, W, b, Y_layer_norm, n_groups, relu, first) -> dict:
@@ -227,7 +228,8 @@ def _group_budget(budget: _Budget, X, Y, W, b, Y_layer_norm, n_groups, relu, fir
     """
     if budget.mode == "cascade" and not first:
         pre = X @ W + (0.0 if b is None else b)
-        return cascade_budget(pre, Y, relu=relu, gamma=budget.gamma, lam=budget.lam)
+        return cascade_budget(pre, Y, relu=relu, gamma=budget.gamma, lam=budget.lam,
+                              split=budget.split)
     if budget.epsilon is not None and n_groups > 1:
         share = np.linalg.norm(Y) / Y_layer_norm if Y_layer_norm > 0 else n_groups ** -0.5
         return {"epsilon": budget.epsilon * float(share)}
@@ -365,7 +367,7 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
         raise InvalidInputError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
     gamma = check_trim_options(epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam, mode=mode,
                                gamma=gamma)
-    budget = _Budget(epsilon, rel_epsilon, lam, mode, gamma)
+    budget = _Budget(epsilon, rel_epsilon, lam, mode, gamma, bool(split_budget) and lam is None)
     check_backend(backend, "regularized" if lam is not None else "constrained")
     _check_options(max_samples, seed, batch_size, device, progress, solver_options)
     names = capture_layers.find_layers(model, layers)

@@ -46,7 +46,7 @@ _ACCEPTS = {"clarabel": {"qp", "socp"}, "osqp": {"qp"}, "scs": {"qp", "socp"}}
 # Tight defaults: the library promises answers that match to many digits, so the first-order
 # solvers are asked for far more than their own defaults (OSQP 1e-3, SCS 1e-4).
 _DEFAULT_OPTIONS = {
-    "clarabel": {},
+    "clarabel": {"tol_gap_abs": 1e-9, "tol_gap_rel": 1e-9, "tol_feas": 1e-9},
     "osqp": {"eps_abs": 1e-8, "eps_rel": 1e-8, "max_iter": 100_000,
              "polishing": True},
     "scs": {"eps_abs": 1e-8, "eps_rel": 1e-8, "max_iters": 200_000},

@@ -227,3 +227,18 @@ def test_saved_result_is_certified_from_disk(tmp_path):
     res.save(tmp_path / "layer.npz")
     report = cn.certificates.verify(np.load(tmp_path / "layer.npz"))
     assert report.ok and report.gap == pytest.approx(res.certificate.gap, abs=1e-9)
+
+
+def test_epsilon_array_gives_per_column_budgets():
+    X, Y, _, _ = make_layer(15, bias=False)
+    budgets = np.array([0.5, 1.0, 0.2, 0.8])
+    prob = cn.NetTrimProblem(X, Y, epsilon=budgets)
+    assert prob.decoupled and prob.epsilon == pytest.approx(np.linalg.norm(budgets))
+    res = prob.solve(backend="clarabel")
+    expected = sum(oracle(X, Y[:, [m]], relu=True, bias=False, epsilon=budgets[m])[0]
+                   for m in range(4))
+    assert res.objective == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(cn.InvalidInputError, match="one budget per column"):
+        cn.NetTrimProblem(X, Y, epsilon=budgets[:3])
+    with pytest.raises(cn.InvalidInputError, match="every column"):
+        cn.NetTrimProblem(X, Y, epsilon=-budgets)

@@ -129,3 +129,18 @@ W_OK, B_OK, X_OK = make_network(0, sizes=(3, 5, 2), P=20)
 def test_bad_network_input_raises_before_work(kwargs, error, words):
     with pytest.raises(error, match=words):
         cn.trim_network(**kwargs)
+
+
+def test_cascade_split_budget_uses_eq7_per_column_and_stays_feasible():
+    weights, biases, X = make_network(9)
+    gamma = 1.0  # the tightest case: the trained weights sit exactly on every column's budget
+    net = cn.trim_network(weights, X, rel_epsilon=0.05, mode="cascade", gamma=gamma, biases=biases,
+                          split_budget=True, backend="clarabel")
+    originals = forward(weights, biases, X)
+    Yhat1 = np.maximum(X @ net.weights[0] + net.biases[0], 0)
+    pre = Yhat1 @ weights[1] + biases[1]
+    per_column = np.sqrt(gamma * np.sum(np.where(originals[1] > 0, pre - originals[1], 0) ** 2, 0))
+    np.testing.assert_allclose(net.layers[1].problem.column_budgets, per_column)
+    assert net.layers[1].problem.epsilon == pytest.approx(np.linalg.norm(per_column))
+    assert all(layer.status == "optimal" for layer in net.layers)
+    assert np.all(net.discrepancy <= net.bound * (1 + 1e-6))
