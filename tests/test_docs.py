@@ -1,8 +1,10 @@
 """Every ```python block of the README and of each docs page runs, in order, in one namespace per page
-(as a reader would run them)."""
+(as a reader would run them); and so do the docstring examples of the public modules."""
 
 from __future__ import annotations
 
+import doctest
+import importlib
 import re
 from pathlib import Path
 
@@ -27,3 +29,14 @@ def test_page_examples_run(page, tmp_path, monkeypatch):
 def test_user_guides_have_examples():
     for page in ("README.md", "docs/nettrim.md"):
         assert len(python_blocks((ROOT / page).read_text())) >= 1, page
+
+
+DOCTESTED = ["convexnet.nettrim", "convexnet.certificates", "convexnet.sets", "convexnet.penalties",
+             "convexnet.training", "convexnet.nn", "solvers.prox", "solvers.graph_form",
+             "solvers.admm"]
+
+
+@pytest.mark.parametrize("module", DOCTESTED)
+def test_docstring_examples_run(module):
+    failures, tried = doctest.testmod(importlib.import_module(module))
+    assert tried > 0 and failures == 0

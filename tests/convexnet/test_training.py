@@ -17,13 +17,6 @@ from convexnet.errors import InvalidInputError  # noqa: E402
 DTYPES = [torch.float32, torch.float64]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny layers: a second intra-op thread only adds contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 # Round-off of a projection in the layer's dtype (the kernels solve in float64, write in the dtype).
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 

@@ -20,14 +20,6 @@ MASKS = ("relu", "relu_thresholds", "linear")
 TARGET = 1e-4  # issue 4: objective and constraints within 1e-4 (relative) of Clarabel
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny matrices run faster on one thread than on two busy cores; restore the setting after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def make_layer(mask: str, *, P=60, N=20, M=5, seed=0, bias=False):
     """A random ReLU layer: nonnegative activations X, targets Y = relu(X W0), thresholds V."""
