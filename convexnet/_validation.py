@@ -11,6 +11,8 @@ import numbers
 
 import numpy as np
 
+from solvers._arrays import is_tensor
+
 from .errors import InvalidInputError
 
 __all__ = [
@@ -22,14 +24,6 @@ __all__ = [
     "check_shape",
     "as_data",
 ]
-
-
-def is_tensor(x) -> bool:
-    """True when ``x`` is a ``torch.Tensor`` (without importing torch when it is not loaded)."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def as_float_array(name: str, x, *, ndim: int | tuple[int, ...] | None = None,
