@@ -85,8 +85,15 @@ def resolve_backend(problem, backend: str) -> str:
     return _auto_backend(problem) if name == "auto" else name
 
 
+#: Above this many entries of ``X_design`` times output columns (``P * N_design * M``), "auto" hands a
+#: layer to ADMM: Clarabel needs about 85 s per column at P = 10000, N = 784 on the 2-core dev box
+#: (docs/benchmarks.md), so 1e8 is roughly a quarter of an hour of interior-point work.
+AUTO_ADMM_SIZE = 1e8
+
+
 def _auto_backend(problem) -> str:
-    return "clarabel"
+    P, N, M = problem.X_design.shape[0], problem.X_design.shape[1], problem.Y.shape[1]
+    return "admm" if P * N * M > AUTO_ADMM_SIZE else "clarabel"
 
 
 # ------------------------------------------------------------------------------ whole layer

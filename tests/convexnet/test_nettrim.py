@@ -242,3 +242,13 @@ def test_epsilon_array_gives_per_column_budgets():
         cn.NetTrimProblem(X, Y, epsilon=budgets[:3])
     with pytest.raises(cn.InvalidInputError, match="every column"):
         cn.NetTrimProblem(X, Y, epsilon=-budgets)
+
+
+def test_auto_picks_clarabel_for_small_layers_and_admm_for_huge_ones(monkeypatch):
+    from convexnet import _layer_solve
+
+    X, Y, _, _ = make_layer(16)
+    prob = cn.NetTrimProblem(X, Y, lam=1.0, bias=True)
+    assert _layer_solve.resolve_backend(prob, "auto") == "clarabel"
+    monkeypatch.setattr(_layer_solve, "AUTO_ADMM_SIZE", X.size * Y.shape[1] / 2)
+    assert _layer_solve.resolve_backend(prob, "auto") == "admm"
