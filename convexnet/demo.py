@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .network import forward, trim_network
+from ._layer_solve import check_backend
+from .network import check_trim_options, forward, trim_network
 
 __all__ = ["spirals", "train_spirals_network", "run_demo", "DemoReport"]
 
@@ -128,6 +129,9 @@ def run_demo(*, out: str | None = "convexnet_demo.png", rel_epsilon: float = 0.0
         if stream is not None:
             print(message, file=stream, flush=True)
 
+    # Bad options fail here, before the training they would otherwise waste.
+    check_trim_options(epsilon=None, rel_epsilon=rel_epsilon, lam=None, mode="cascade", gamma=gamma)
+    check_backend(backend, "constrained")
     X, labels = spirals(seed=seed)
     log(f"[1/3] training a 2-{hidden}-{hidden}-2 ReLU network on {len(X)} spiral points")
     weights, biases = train_spirals_network(X, labels, hidden=hidden, steps=steps, seed=seed,

@@ -65,3 +65,14 @@ def test_demo_runs_end_to_end_at_small_width(tmp_path, capsys):
     assert "hidden1 -> hidden2" in out.out and "grid agreement" in out.out
     assert "[2/3] cascade Net-Trim" in out.err and "layer 3/3" in out.err
     assert (tmp_path / "demo.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["demo", "--backend", "gurobi"], "available here"),
+    (["demo", "--gamma", "0.5"], "gamma"),
+    (["demo", "--rel-epsilon", "-1"], "rel_epsilon"),
+])
+def test_demo_rejects_bad_options_before_training(argv, words, capsys):
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert words in captured.err and "[1/3]" not in captured.err
