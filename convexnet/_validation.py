@@ -22,6 +22,7 @@ __all__ = [
     "check_scalar",
     "check_integer",
     "check_shape",
+    "check_exactly_one",
     "as_data",
 ]
 
@@ -159,3 +160,17 @@ def as_data(name: str, x, *, ndim: int | tuple[int, ...] | None = None):
     if not math.isfinite(float((arr.detach() if is_tensor(arr) else arr).sum())):
         check_finite_data(name, arr)
     return arr
+
+
+def check_exactly_one(named: dict, hint: str = "") -> str:
+    """Return the name of the one entry of ``named`` whose value is not None, or raise naming them.
+
+    ``check_exactly_one({"epsilon": None, "rel_epsilon": 0.05, "lam": None})`` returns
+    ``"rel_epsilon"``; ``hint`` is appended to the message (what each choice means).
+    """
+    given = [name for name, value in named.items() if value is not None]
+    if len(given) != 1:
+        names = list(named)
+        raise InvalidInputError(f"give exactly one of {', '.join(names[:-1])} or {names[-1]}"
+                                f"{hint}; got {' and '.join(given) if given else 'none'}.")
+    return given[0]

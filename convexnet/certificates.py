@@ -42,7 +42,7 @@ from ._uniqueness import (
     layer_uniqueness_certificate,
     uniqueness_certificate,
 )
-from ._validation import as_float_array, check_scalar, check_shape
+from ._validation import as_float_array, check_exactly_one, check_scalar, check_shape
 from .errors import InvalidInputError
 
 __all__ = [
@@ -331,12 +331,8 @@ def _as_mask(active, shape) -> np.ndarray:
 
 
 def _layer_loss(epsilon, column_budgets, lam, M) -> LayerLoss:
-    given = [name for name, value in
-             (("epsilon", epsilon), ("column_budgets", column_budgets), ("lam", lam)) if value is not None]
-    if len(given) != 1:
-        raise InvalidInputError(
-            "give exactly one of lam (regularized), epsilon (constrained, one layer budget) or "
-            f"column_budgets (constrained, per column); got {given or 'none'}.")
+    check_exactly_one({"lam": lam, "epsilon": epsilon, "column_budgets": column_budgets},
+                      " (regularized; constrained with one layer budget; per column)")
     if lam is not None:
         return LayerLoss("regularized", lam=check_scalar("lam", lam, low=0.0, low_inclusive=False))
     if epsilon is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _layer_solve
-from ._validation import as_float_array, check_scalar
+from ._validation import as_float_array, check_exactly_one, check_scalar
 from .certificates import primal_violation, verify
 from .errors import InvalidInputError
 
@@ -108,12 +108,8 @@ class NetTrimProblem:
             raise InvalidInputError(
                 f"X has {X.shape[0]} rows (samples) but Y has {Y.shape[0]}; both are batch-first, "
                 "one sample per row (transpose data laid out as in the papers, samples as columns).")
-        given = [name for name, value in
-                 (("epsilon", epsilon), ("rel_epsilon", rel_epsilon), ("lam", lam)) if value is not None]
-        if len(given) != 1:
-            raise InvalidInputError(
-                "give exactly one of epsilon, rel_epsilon (constrained form) or lam (regularized "
-                f"form); got {given or 'none'}.")
+        check_exactly_one({"epsilon": epsilon, "rel_epsilon": rel_epsilon, "lam": lam},
+                          " (epsilon or rel_epsilon: constrained form; lam: regularized form)")
         relu, bias, penalize_bias, split_budget = (bool(relu), bool(bias), bool(penalize_bias),
                                                    bool(split_budget))
         if relu and (Y < 0).any():

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._layer_solve import check_backend
-from ._validation import as_float_array, check_scalar
+from ._validation import as_float_array, check_exactly_one, check_scalar
 from .errors import InvalidInputError, SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
 
@@ -40,11 +40,7 @@ def check_trim_options(*, epsilon, rel_epsilon, lam, mode: str, gamma) -> float:
     """
     if mode not in _MODES:
         raise InvalidInputError(f"mode must be 'cascade' or 'parallel'; got {mode!r}.")
-    given = [n for n, v in (("epsilon", epsilon), ("rel_epsilon", rel_epsilon), ("lam", lam))
-             if v is not None]
-    if len(given) != 1:
-        raise InvalidInputError("give exactly one of epsilon, rel_epsilon or lam; "
-                                f"got {given or 'none'}.")
+    check_exactly_one({"epsilon": epsilon, "rel_epsilon": rel_epsilon, "lam": lam})
     gamma = check_scalar("gamma", gamma)
     if gamma < 1.0:
         raise InvalidInputError(f"gamma must be >= 1 (the inflation rate of eq. 7); got {gamma}.")
