@@ -16,17 +16,22 @@ from ._validation import as_float_array, check_exactly_one, check_scalar
 from .errors import InvalidInputError, SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
 
-__all__ = ["trim_network", "NetworkResult", "forward", "check_trim_options", "layer_budget",
-           "cascade_budget", "next_bound", "raise_if_failed"]
+__all__ = ["trim_network", "NetworkResult", "affine", "forward", "check_trim_options",
+           "layer_budget", "cascade_budget", "next_bound", "raise_if_failed"]
 
 _MODES = ("parallel", "cascade")
+
+
+def affine(X: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """``X @ W + b`` (``b`` None: no bias), shapes (P, N) @ (N, M) + (M,)."""
+    return X @ W if b is None else X @ W + b
 
 
 def forward(weights, biases, X, *, last_relu: bool = False) -> list[np.ndarray]:
     """Every layer's output ``[Y_1, ..., Y_L]`` of the network on ``X`` (P, N_0)."""
     outputs, Y = [], X
     for index, W in enumerate(weights):
-        Z = Y @ W if biases[index] is None else Y @ W + biases[index]
+        Z = affine(Y, W, biases[index])
         Y = np.maximum(Z, 0.0) if (index < len(weights) - 1 or last_relu) else Z
         outputs.append(Y)
     return outputs
@@ -252,19 +257,24 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
         return layer_budget(Y, epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam)
 
     layers: list[NetTrimResult] = []
+
+    def finished(layer: NetTrimResult) -> None:
+        layers.append(layer)
+        if progress is not None:
+            progress(len(layers) - 1, n_layers, layer)
+        raise_if_failed(layer, f"layer {len(layers)}")
+
     if mode == "parallel":
         inputs = [X, *originals[:-1]]
         problems = [NetTrimProblem(inputs[i], originals[i], relu=relus[i], bias=biases[i] is not None,
                                    **budget(originals[i]), **common) for i in range(n_layers)]
         if executor is None:
-            for i, problem in enumerate(problems):
-                layers.append(problem.solve(**options))
-                _report(progress, i, n_layers, layers[-1])
+            for problem in problems:
+                finished(problem.solve(**options))
         else:
             futures = [executor.submit(_solve_problem, problem, options) for problem in problems]
-            for i, future in enumerate(futures):
-                layers.append(future.result())
-                _report(progress, i, n_layers, layers[-1])
+            for future in futures:
+                finished(future.result())
     else:
         current = X
         for i in range(n_layers):
@@ -272,18 +282,13 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
                 problem = NetTrimProblem(X, originals[0], relu=relus[0], bias=biases[0] is not None,
                                          **budget(originals[0]), **common)
             else:
-                pre = current @ weights[i] + (0.0 if biases[i] is None else biases[i])
-                spec = cascade_budget(pre, originals[i], relu=relus[i], gamma=gamma, lam=lam,
-                                      split=split_budget)
+                spec = cascade_budget(affine(current, weights[i], biases[i]), originals[i],
+                                      relu=relus[i], gamma=gamma, lam=lam, split=split_budget)
                 problem = NetTrimProblem(current, originals[i], relu=relus[i],
                                          bias=biases[i] is not None, **spec, **common)
-            layers.append(problem.solve(executor=executor, **options))
-            _report(progress, i, n_layers, layers[-1])
-            raise_if_failed(layers[-1], f"layer {i + 1}")
-            current = problem.activation(current @ layers[-1].W + _bias_or_zero(layers[-1]))
+            finished(problem.solve(executor=executor, **options))
+            current = problem.activation(affine(current, layers[-1].W, layers[-1].b))
 
-    for i, layer in enumerate(layers):
-        raise_if_failed(layer, f"layer {i + 1}")
     new_weights = [layer.W for layer in layers]
     new_biases = [layer.b for layer in layers]
     pruned = forward(new_weights, new_biases, X, last_relu=last_relu)
@@ -295,17 +300,8 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
                          time.perf_counter() - start)
 
 
-def _bias_or_zero(layer: NetTrimResult):
-    return 0.0 if layer.b is None else layer.b
-
-
 def _solve_problem(problem: NetTrimProblem, options: dict) -> NetTrimResult:
     return problem.solve(**options)
-
-
-def _report(progress, index, n_layers, layer) -> None:
-    if progress is not None:
-        progress(index, n_layers, layer)
 
 
 def raise_if_failed(layer: NetTrimResult, label: str) -> None:

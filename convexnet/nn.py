@@ -20,7 +20,7 @@ from ._torch_write import build_update, write_all, write_update
 from ._validation import check_finite_data, check_integer, is_tensor
 from .errors import InvalidInputError
 from .nettrim import NetTrimProblem, NetTrimResult
-from .network import (cascade_budget, check_trim_options, layer_budget, next_bound,
+from .network import (affine, cascade_budget, check_trim_options, layer_budget, next_bound,
                       raise_if_failed)
 
 __all__ = ["trim", "TrimReport", "LayerReport"]
@@ -227,7 +227,7 @@ def _group_budget(budget: _Budget, X, Y, W, b, Y_layer_norm, n_groups, relu, fir
     (``epsilon_g = epsilon ||Y_g|| / ||Y||``), so the squares add up to ``epsilon^2``.
     """
     if budget.mode == "cascade" and not first:
-        pre = X @ W + (0.0 if b is None else b)
+        pre = affine(X, W, b)
         return cascade_budget(pre, Y, relu=relu, gamma=budget.gamma, lam=budget.lam,
                               split=budget.split)
     if budget.epsilon is not None and n_groups > 1:
