@@ -300,7 +300,8 @@ class RepairedDual:
     aligned: bool = False
 
 
-def repair_dual(X, Y, V, active, dual, weights, loss: LayerLoss, W=None) -> RepairedDual:
+def repair_dual(X, Y, V, active, dual, weights, loss: LayerLoss, W=None,
+                enough: float | None = None) -> RepairedDual:
     """Turn any candidate ``Lambda`` into a dual-feasible one and evaluate the dual there.
 
     Steps: clip ``mu`` to ``>= 0``; cancel ``X^T Lambda`` on unpenalized rows
@@ -309,7 +310,9 @@ def repair_dual(X, Y, V, active, dual, weights, loss: LayerLoss, W=None) -> Repa
     (every such ``t`` keeps the point feasible since 0 is feasible and the set convex). With
     ``t = 1 / max(1, ...)`` as a fallback this is the usual scaling; the line search only tightens it.
     When ``W`` is given the candidate aligned to its support (:func:`align_to_support`) is repaired
-    too and the better of the two kept: each is a valid lower bound.
+    too and the better of the two kept: each is a valid lower bound. The alignment costs
+    ``O(P |S_m|^2)`` per column, so it is skipped when the plain candidate's value already reaches
+    ``enough`` (the dual value that certifies the caller's tolerance).
 
     Returns
     -------
@@ -318,7 +321,7 @@ def repair_dual(X, Y, V, active, dual, weights, loss: LayerLoss, W=None) -> Repa
     """
     candidate = np.where(active, dual, np.maximum(dual, 0.0))
     best = _repair_clipped(X, Y, V, active, candidate, weights, loss)
-    if W is not None:
+    if W is not None and (enough is None or best.value < enough):
         aligned = align_to_support(X, Y, V, active, candidate, W, weights)
         aligned = _repair_clipped(X, Y, V, active, np.where(active, aligned, np.maximum(aligned, 0.0)),
                                   weights, loss, aligned=True)
