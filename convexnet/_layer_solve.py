@@ -310,6 +310,11 @@ def _solve_admm(problem, options, verbose) -> RawSolution:
     from solvers import admm
 
     options = {"violation_tol": ADMM_VIOLATION_TOL, **options}
+    try:
+        admm.check_options(**options)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"solver_options for backend='admm': {error} "
+                                "(see solvers.admm.solve_graph_form for the options).") from None
     out = admm.solve_graph_form(problem.to_graph_form(), verbose=verbose, **options)
     return RawSolution(np.asarray(out.W, dtype=float), np.asarray(out.dual, dtype=float),
                        out.status, out.solve_time, out.setup_time, iterations=out.iterations,

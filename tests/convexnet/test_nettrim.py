@@ -203,6 +203,10 @@ def test_backend_errors_name_the_alternatives():
         prob.solve(backend="osqp")
     with pytest.raises(cn.InvalidInputError, match="solver_options"):
         prob.solve(backend="clarabel", solver_options=["max_iter"])
+    with pytest.raises(cn.InvalidInputError, match="threads"):
+        prob.solve(backend="admm", solver_options={"threads": 0})
+    with pytest.raises(cn.InvalidInputError, match="max_iter"):
+        prob.solve(backend="admm", solver_options={"max_iter": 10})
 
 
 @pytest.mark.parametrize("backend", ["clarabel", "scs", "osqp"])

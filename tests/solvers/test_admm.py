@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from solvers.admm import solve_graph_form
+from solvers.admm import check_options, solve_graph_form
 from solvers.admm_operators import GraphProjection, prox_output_loss, soft_threshold
 from solvers.graph_form import GraphForm
 
@@ -212,6 +212,21 @@ def test_columns_retire_independently():
     assert (coupled.iterations == coupled.iterations[0]).all()
 
 
+def test_threads_option_is_scoped_to_the_solve():
+    form = make_form("column_budget", "relu")
+    before = torch.get_num_threads()
+    default = solve_graph_form(form)
+    two_threads = solve_graph_form(form, threads=before + 1)
+    assert torch.get_num_threads() == before
+    assert two_threads.status == default.status == "optimal"
+    np.testing.assert_allclose(two_threads.W, default.W, atol=1e-8)
+    # Put back when the solve fails too (a warm start of the wrong shape, found inside the solve).
+    narrow = make_form("column_budget", "relu", M=3)
+    with pytest.raises(ValueError, match="warm_start"):
+        solve_graph_form(narrow, threads=before + 1, warm_start=default)
+    assert torch.get_num_threads() == before
+
+
 def test_wide_layer_uses_the_inversion_lemma():
     """P < N: the projection goes through the P x P matrix; the answer is the same program's."""
     form = make_form("column_budget", "relu", P=15, N=40, M=3, seed=5)
@@ -308,6 +323,12 @@ def test_bad_input_raises_before_work():
         solve_graph_form(form, alpha=2.5)
     with pytest.raises(ValueError, match="dtype"):
         solve_graph_form(form, dtype=torch.float16)
+    with pytest.raises(ValueError, match="threads"):
+        solve_graph_form(form, threads=0)
+    with pytest.raises(TypeError, match="tolerance"):
+        check_options(tolerance=1e-3)
+    with pytest.raises(ValueError, match="rel_tol"):
+        check_options(rel_tol=-1.0)
     previous = solve_graph_form(form, max_iterations=1)
     narrower = GraphForm(X[:, :-1], Y, active, V, "squared", lam=1.0)
     with pytest.raises(ValueError, match="warm_start.W"):
