@@ -86,8 +86,10 @@ def resolve_backend(problem, backend: str) -> str:
 
 
 #: Above this many entries of ``X_design`` times output columns (``P * N_design * M``), "auto" hands a
-#: layer to ADMM: Clarabel needs about 85 s per column at P = 10000, N = 784 on the 2-core dev box
-#: (docs/benchmarks.md), so 1e8 is roughly a quarter of an hour of interior-point work.
+#: layer to ADMM: Clarabel needs 55 to 85 s per column at P = 10000, N = 784 on the 2-core dev box
+#: (docs/benchmarks.md), so 1e8 is roughly a quarter of an hour of interior-point work. Below it ADMM
+#: is not reliably faster: on the trained spirals layer (P = N = M = 200) it does not converge in
+#: 20000 steps, where Clarabel takes 47 s.
 AUTO_ADMM_SIZE = 1e8
 
 
