@@ -6,6 +6,8 @@ column and per mask, not from the engine's code. Tiny layers (P=60, N=20, M=5) k
 
 from __future__ import annotations
 
+import dataclasses
+
 import cvxpy as cp
 import numpy as np
 import pytest
@@ -168,7 +170,12 @@ def test_dual_convention(loss, mask):
     form, W_reference, Lambda_reference = reference(loss, mask)
     result = solve_graph_form(form)
     scale = np.abs(Lambda_reference).max()
-    np.testing.assert_allclose(result.dual, Lambda_reference, atol=2e-2 * scale)
+    # Elementwise on the mask only. Off the mask the multipliers of Z <= V need not be unique: on the
+    # "relu_thresholds" layer, duals within 1e-7 (relative) of the optimal dual value already span
+    # 0.083 to 0.107 for one entry where CVXPY gives 0.097, so a 1e-4 solution cannot pin them to 2%.
+    # There the duality gap below is the test.
+    on_mask = form.active
+    np.testing.assert_allclose(result.dual[on_mask], Lambda_reference[on_mask], atol=2e-2 * scale)
     off_mask = ~form.active
     assert (result.dual[off_mask] >= 0).all()
     # Stationarity: on the support X^T Lambda = -l1 * sign(W); elsewhere |X^T Lambda| <= l1.
@@ -333,3 +340,33 @@ def test_bad_input_raises_before_work():
     narrower = GraphForm(X[:, :-1], Y, active, V, "squared", lam=1.0)
     with pytest.raises(ValueError, match="warm_start.W"):
         solve_graph_form(narrower, warm_start=previous)
+
+
+def test_rho_changes_are_held_longer_each_time():
+    """Residual balancing that keeps flipping is slowed down: after the k-th change, 10 * 2**k steps."""
+    from solvers.admm import _balance_rho
+    from solvers.admm_state import admm_step, initial_state, prepare
+
+    form = make_form("column_budget", "relu")
+    data = prepare(form, dtype=torch.float64, device="cpu")
+    state = admm_step(data, initial_state(data), alpha=1.6, with_residuals=True)
+    ones = torch.ones_like(state.primal_residual)
+    change_steps = []
+    for check in range(1, 201):
+        iteration = 10 * check
+        # The balance swings from "primal residual 100x too large" to "dual 100x too large" every check.
+        swing = 100.0 if check % 2 else 0.01
+        state = dataclasses.replace(state, primal_residual=swing * ones, primal_scale=ones,
+                                    dual_residual=ones, dual_scale=ones)
+        before = state.rho.clone()
+        state = _balance_rho(state, coupled=False, bounds=(1e-12, 1e12), iteration=iteration,
+                             check_interval=10)
+        if not torch.equal(before, state.rho):
+            change_steps.append(iteration)
+    gaps = np.diff(change_steps)
+    assert change_steps[0] == 10
+    # Every column changes together here; the waits double: 20, 40, 80, ... steps (up to the parity of
+    # the swing, which may add one check).
+    assert len(change_steps) <= 9
+    assert all(later >= 2 * earlier - 10 for earlier, later in zip(gaps, gaps[1:]))
+    assert (state.rho_changes == len(change_steps)).all()
