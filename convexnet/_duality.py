@@ -307,7 +307,8 @@ def repair_dual(X, Y, V, active, dual, weights, loss: LayerLoss, W=None,
     Steps: clip ``mu`` to ``>= 0``; cancel ``X^T Lambda`` on unpenalized rows
     (:func:`cancel_unpenalized`); then scale by the ``t`` in ``[0, t_max]``,
     ``t_max = 1 / max_{n, m : c_n > 0} |X^T Lambda|[n, m] / c_n``, that maximizes the dual objective
-    (every such ``t`` keeps the point feasible since 0 is feasible and the set convex). With
+    (every such ``t`` keeps the point feasible since 0 is feasible and the set convex); for the
+    separable forms, by one such ``t`` per column, with the maximum over ``n`` only. With
     ``t = 1 / max(1, ...)`` as a fallback this is the usual scaling; the line search only tightens it.
     When ``W`` is given the candidate aligned to its support (:func:`align_to_support`) is repaired
     too and the better of the two kept: each is a valid lower bound. The alignment costs
@@ -331,15 +332,40 @@ def repair_dual(X, Y, V, active, dual, weights, loss: LayerLoss, W=None,
 
 
 def _repair_clipped(X, Y, V, active, candidate, weights, loss, aligned=False) -> RepairedDual:
+    """Cancel the unpenalized rows, then scale ``candidate`` to the best feasible multiple.
+
+    A separable loss (regularized, per-column budgets) makes the dual a sum over columns with one
+    constraint set per column, so each column gets its own best scale: one slightly off column then
+    costs only its own share of the gap. The coupled budget's ``epsilon ||xi||_F`` ties the columns,
+    so they share one scale. ``RepairedDual.scale`` reports the smallest.
+    """
     candidate, dropped = cancel_unpenalized(X, active, candidate, weights == 0)
     correlation = np.abs(X.T @ candidate)
     penalized = weights > 0
-    ratio = float((correlation[penalized] / weights[penalized, None]).max(initial=0.0))
-    largest = 1.0 / ratio if ratio > 0 else np.inf
-    linear, quadratic = dual_objective_parts(Y, V, active, candidate, loss)
-    scale = best_scale(linear, quadratic, largest)
-    residual = float(correlation[~penalized].max(initial=0.0)) * scale
+    per_column = loss.kind != "coupled"
+    ratio = (correlation[penalized] / weights[penalized, None]).max(axis=0, initial=0.0)
+    if not per_column:
+        ratio = np.array([ratio.max(initial=0.0)])
+    with np.errstate(divide="ignore"):
+        largest = np.where(ratio > 0, 1.0 / np.where(ratio > 0, ratio, 1.0), np.inf)
+    if per_column:
+        parts = [dual_objective_parts(Y[:, [m]], V[:, [m]], active[:, [m]], candidate[:, [m]],
+                                      _column_loss(loss, m)) for m in range(candidate.shape[1])]
+    else:
+        parts = [dual_objective_parts(Y, V, active, candidate, loss)]
+    scales = np.array([best_scale(linear, quadratic, bound)
+                       for (linear, quadratic), bound in zip(parts, largest)])
+    residual = float((correlation[~penalized] * scales).max(initial=0.0))
     # Adding 0.0 turns the -0.0 of a zero dual into 0.0 in reports.
-    value = scale * linear - scale ** 2 * quadratic + 0.0
-    return RepairedDual(dual=scale * candidate, scale=scale, dropped_columns=dropped,
-                        unpenalized_residual=residual, value=value, aligned=aligned)
+    value = float(sum(t * linear - t ** 2 * quadratic for t, (linear, quadratic) in zip(scales, parts)))
+    value += 0.0
+    return RepairedDual(dual=scales * candidate, scale=float(scales.min(initial=1.0)),
+                        dropped_columns=dropped, unpenalized_residual=residual, value=value,
+                        aligned=aligned)
+
+
+def _column_loss(loss: LayerLoss, m: int) -> LayerLoss:
+    """The loss of column ``m`` alone (separable losses only)."""
+    if loss.kind == "per_column":
+        return LayerLoss("per_column", budgets=np.asarray(loss.budgets)[[m]])
+    return loss

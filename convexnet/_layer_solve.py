@@ -5,13 +5,15 @@ Three routes, chosen by the program's shape and the backend:
 * the coupled constrained form (one budget for the layer) is one CVXPY problem over all of ``U``;
 * decoupled forms (regularized, split budgets) compile ONE parametrized (DPP) column problem and
   re-solve it for every column, optionally in chunks on an executor;
-* ``backend="admm"`` hands the graph form to :mod:`solvers.admm`, batched over columns.
+* ``backend="admm"`` hands the graph form to :mod:`solvers.admm`, batched over columns. Under
+  ``"auto"``, columns of a decoupled form that ADMM leaves unfinished are solved again with Clarabel.
 
 Backends receive a CVXPY problem or a ``GraphForm``; they never see the problem's class.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -87,9 +89,10 @@ def resolve_backend(problem, backend: str) -> str:
 
 #: Above this many entries of ``X_design`` times output columns (``P * N_design * M``), "auto" hands a
 #: layer to ADMM: Clarabel needs 55 to 85 s per column at P = 10000, N = 784 on the 2-core dev box
-#: (docs/benchmarks.md), so 1e8 is roughly a quarter of an hour of interior-point work. Below it ADMM
-#: is not reliably faster: on the trained spirals layer (P = N = M = 200) it does not converge in
-#: 20000 steps, where Clarabel takes 47 s.
+#: (docs/benchmarks.md), so 1e8 is roughly a quarter of an hour of interior-point work. Below it
+#: Clarabel's certified 1e-9 answers are worth their time: on the spirals demo's trained 200 x 200
+#: layer (8e6) ADMM with Clarabel for its 12 unfinished columns took 23 s against Clarabel's 60 s, but
+#: its dual certified only a 5e-4 gap (status "optimal_inaccurate").
 AUTO_ADMM_SIZE = 1e8
 
 
@@ -268,6 +271,12 @@ class ScaledLayer:
     x_scale: float
     y_scale: float
 
+    def columns(self, index: np.ndarray) -> "ScaledLayer":
+        """The same layer restricted to the output columns ``index`` (decoupled forms only)."""
+        return dataclasses.replace(
+            self, Y=self.Y[:, index], V=self.V[:, index], active=self.active[:, index],
+            column_budgets=None if self.column_budgets is None else self.column_budgets[index])
+
     @classmethod
     def of(cls, problem) -> "ScaledLayer":
         sx = float(np.sqrt(np.mean(problem.X_design ** 2))) or 1.0
@@ -287,13 +296,20 @@ class ScaledLayer:
 
 
 # ------------------------------------------------------------------------------------- entry
-def solve_layer(problem, backend: str, *, solver_options=None, executor=None,
-                verbose=False) -> RawSolution:
-    """Run ``backend`` (already resolved) on ``problem``."""
+def solve_layer(problem, backend: str, *, solver_options=None, executor=None, verbose=False,
+                fallback: str | None = None) -> RawSolution:
+    """Run ``backend`` (already resolved) on ``problem``.
+
+    ``fallback`` (a CVXPY backend) re-solves, for a decoupled form, the columns that ADMM did not
+    finish (``max_iterations``, or a violation above its tolerance); see :func:`_refine_columns`.
+    """
     if solver_options is not None and not isinstance(solver_options, dict):
         raise InvalidInputError(f"solver_options must be a dict; got {type(solver_options).__name__}.")
     if backend == "admm":
-        return _solve_admm(problem, solver_options or {}, verbose)
+        raw = _solve_admm(problem, solver_options or {}, verbose)
+        if fallback is not None and problem.decoupled:
+            raw = _refine_columns(problem, raw, fallback, executor, verbose)
+        return raw
     scaled = ScaledLayer.of(problem)
     if problem.decoupled:
         raw = _solve_columns(scaled, backend, solver_options, executor, verbose)
@@ -306,6 +322,32 @@ def certificate_tolerances(raw_info: dict) -> dict:
     """The accuracy a backend promised (``info["tolerance"]``) as its certificate's tolerances."""
     tol = raw_info.get("tolerance")
     return {} if tol is None else {"gap_tol": tol, "feas_tol": tol}
+
+
+def _refine_columns(problem, raw: RawSolution, backend: str, executor, verbose) -> RawSolution:
+    """Solve again with ``backend`` the columns of an ADMM ``raw`` that are not finished.
+
+    A column is unfinished when ADMM stopped it at ``max_iterations`` or its violation exceeds ADMM's
+    tolerance. The others keep ADMM's solution. ``info["refined_columns"]`` lists the re-solved columns
+    and ``info["refine_time"]`` their time; when ``backend`` finds no solution for them, ADMM's answer
+    and status stand.
+    """
+    out = raw.info["admm"]
+    redo = np.flatnonzero(~out.converged | (out.column_violation > raw.info["tolerance"]))
+    if redo.size == 0 or raw.W_design is None:
+        return raw
+    scaled = ScaledLayer.of(problem)
+    sub = scaled.unscale(_solve_columns(scaled.columns(redo), backend, None, executor, verbose))
+    if sub.W_design is None:
+        return raw
+    W, dual = raw.W_design.copy(), raw.dual.copy()
+    W[:, redo], dual[:, redo] = sub.W_design, sub.dual
+    kept = ["optimal"] if redo.size < W.shape[1] else []
+    info = {**raw.info, "refined_columns": redo, "refine_time": sub.solve_time + sub.compile_time,
+            "refine_backend": backend}
+    return RawSolution(W, dual, worst_status(kept + list(sub.column_status)),
+                       raw.solve_time + sub.solve_time, raw.compile_time + sub.compile_time,
+                       iterations=raw.iterations, info=info)
 
 
 def _solve_admm(problem, options, verbose) -> RawSolution:

@@ -90,6 +90,8 @@ class CertificateReport:
     dual_scale : float
         The factor ``t`` applied to the candidate (after clipping and cancelling) to make it feasible
         and best: the maximizer of the dual objective over ``[0, 1 / max_{n,m} |X^T Lambda| / c_n]``.
+        Separable forms (regularized, per-column budgets) scale each column by its own best ``t``
+        (the maximum then runs over ``n`` only); this reports the smallest.
     dropped_columns : tuple of int
         Columns whose dual was set to 0 because ``X^T Lambda`` could not be cancelled on the
         unpenalized rows by changing ``xi`` (see :func:`duality_gap`).

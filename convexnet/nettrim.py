@@ -245,8 +245,10 @@ class NetTrimProblem:
         Parameters
         ----------
         backend : {"auto", "clarabel", "osqp", "scs", "admm"}
-            ``"auto"`` picks the fastest accurate backend for the size (see the user guide).
-            OSQP takes quadratic programs only: the regularized form.
+            ``"auto"`` picks the fastest accurate backend for the size (see the user guide): Clarabel
+            for small layers, ADMM for large ones. Under ``"auto"`` the columns of a decoupled form
+            that ADMM does not finish are solved again with Clarabel (``result.backend`` is then
+            ``"admm+clarabel"``). OSQP takes quadratic programs only: the regularized form.
         solver_options : dict, optional
             Passed to the backend (CVXPY solver keywords, or ADMM options).
         executor : concurrent.futures.Executor, optional
@@ -265,13 +267,17 @@ class NetTrimProblem:
         -------
         NetTrimResult
         """
+        requested = backend
         backend = _layer_solve.resolve_backend(self, backend)
         if not isinstance(certify, (bool, dict)):
             raise InvalidInputError(f"certify must be True, False or a dict of tolerances; "
                                     f"got {certify!r}.")
         start = time.perf_counter()
+        fallback = "clarabel" if requested.lower() == "auto" and backend == "admm" else None
         raw = _layer_solve.solve_layer(self, backend, solver_options=solver_options,
-                                       executor=executor, verbose=verbose)
+                                       executor=executor, verbose=verbose, fallback=fallback)
+        if "refined_columns" in raw.info:
+            backend = f"admm+{fallback}"
         result = self._finish(raw, backend)
         if certify is not False and result.W_design is not None:
             tolerances = _layer_solve.certificate_tolerances(result.info)
@@ -367,6 +373,8 @@ class NetTrimResult:
     iterations : ndarray or int or None
         Iterations (per column when columns were solved separately).
     backend : str
+        The backend that solved it; ``"admm+clarabel"`` when ``"auto"`` ran ADMM and re-solved the
+        columns it left unfinished with Clarabel (listed in ``info["refined_columns"]``).
     problem : NetTrimProblem
     certificate : object or None
         The duality-gap certificate, when one was computed.

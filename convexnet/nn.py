@@ -252,7 +252,7 @@ def _solve_layer(spec, module, X, target, *, first, budget, backend, device, sol
         options = dict(solver_options or {})
         if name == "admm":
             options.setdefault("device", device)
-        result = problem.solve(backend=name, solver_options=options or None, executor=executor,
+        result = problem.solve(backend=backend, solver_options=options or None, executor=executor,
                                certify=certify)
         label = f"layer {spec.name!r}" + (f" (group {group})" if len(blocks) > 1 else "")
         raise_if_failed(result, label)

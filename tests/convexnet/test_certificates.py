@@ -130,6 +130,27 @@ def test_cvxpy_solutions_are_certified(form, layer, bias):
         assert report.dual_source == ("supplied" if dual is not None else "constructed")
 
 
+@pytest.mark.parametrize("form", ["regularized", "per_column", "coupled"])
+def test_separable_forms_scale_each_columns_dual_on_its_own(form):
+    """One column's dual 1.5x too large costs the whole layer under one scale, only itself otherwise."""
+    X, Y, active, V, weights, _ = make_layer(41, layer="relu", M=4)
+    budgets = budgets_for(Y, active, form)
+    W, Lambda = solve_with_cvxpy(X, Y, active, V, weights, **budgets)
+    spoiled = Lambda.copy()
+    spoiled[:, 0] *= 1.5
+    report = duality_gap(X, Y, active, V, W, spoiled, l1_weights=weights, **budgets)
+    exact = duality_gap(X, Y, active, V, W, Lambda, l1_weights=weights, **budgets)
+    # Weak duality holds whatever the scaling: the dual value never exceeds the optimum.
+    assert report.dual <= exact.primal * (1 + 1e-7)
+    if form == "coupled":
+        # The columns share one scale (about 1 / 1.5), so the bound is far from tight.
+        assert report.dual_scale == pytest.approx(1 / 1.5, rel=1e-2)
+        assert report.relative_gap > 1e-2
+    else:
+        assert report.dual_scale == pytest.approx(1 / 1.5, rel=1e-2)
+        assert report.ok and report.relative_gap <= 1e-6
+
+
 def test_supplied_dual_matches_graph_equality_dual():
     """CVXPY's dual of ``Z == X W`` is ``-Lambda``: the same point as the assembled constraint duals."""
     X, Y, active, V, weights, _ = make_layer(3, layer="relu")

@@ -256,3 +256,30 @@ def test_auto_picks_clarabel_for_small_layers_and_admm_for_huge_ones(monkeypatch
     assert _layer_solve.resolve_backend(prob, "auto") == "clarabel"
     monkeypatch.setattr(_layer_solve, "AUTO_ADMM_SIZE", X.size * Y.shape[1] / 2)
     assert _layer_solve.resolve_backend(prob, "auto") == "admm"
+
+
+def test_auto_solves_the_columns_admm_leaves_unfinished_with_clarabel(monkeypatch):
+    from convexnet import _layer_solve
+
+    X, Y, _, _ = make_layer(17, P=60, M=8)
+    prob = cn.NetTrimProblem(X, Y, rel_epsilon=0.05, bias=True, split_budget=True)
+    reference = prob.solve(backend="clarabel")
+    # A step cap below the slowest columns' needs but above the fastest's.
+    free = prob.solve(backend="admm")
+    cap = int(np.sort(free.iterations)[len(free.iterations) // 2])
+    capped = prob.solve(backend="admm", solver_options={"max_iterations": cap})
+    assert capped.status == "max_iterations" and capped.backend == "admm"
+    monkeypatch.setattr(_layer_solve, "AUTO_ADMM_SIZE", 0)
+    result = prob.solve(backend="auto", solver_options={"max_iterations": cap})
+    refined = result.info["refined_columns"]
+    admm = capped.info["admm"]
+    unfinished = np.flatnonzero(~admm.converged | (admm.column_violation > 1e-4))
+    assert result.backend == "admm+clarabel" and result.status == "optimal"
+    np.testing.assert_array_equal(refined, unfinished)
+    assert 0 < refined.size < Y.shape[1]
+    # Re-solved columns are Clarabel's; the others stay ADMM's; the whole is as good as Clarabel's.
+    kept = np.setdiff1d(np.arange(Y.shape[1]), refined)
+    np.testing.assert_allclose(result.W_design[:, refined], reference.W_design[:, refined], atol=1e-5)
+    np.testing.assert_array_equal(result.W_design[:, kept], capped.W_design[:, kept])
+    assert result.objective == pytest.approx(reference.objective, rel=1e-4)
+    assert result.violation <= 1e-4 and result.certificate.ok
