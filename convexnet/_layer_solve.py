@@ -24,8 +24,8 @@ from solvers import cvxpy_backend
 
 from .errors import BackendUnavailableError, InvalidInputError
 
-__all__ = ["RawSolution", "ColumnProgram", "check_backend", "layer_program", "resolve_backend",
-           "solve_layer"]
+__all__ = ["RawSolution", "ColumnProgram", "auto_backend_for", "backend_options", "check_backend",
+           "check_solver_options", "layer_program", "resolve_backend", "solve_layer"]
 
 #: The ADMM backend's default relative violation tolerance (``solvers.admm``'s ``violation_tol``).
 ADMM_VIOLATION_TOL = 1e-4
@@ -98,7 +98,59 @@ AUTO_ADMM_SIZE = 1e8
 
 def _auto_backend(problem) -> str:
     P, N, M = problem.X_design.shape[0], problem.X_design.shape[1], problem.Y.shape[1]
-    return "admm" if P * N * M > AUTO_ADMM_SIZE else "clarabel"
+    return auto_backend_for(P, N, M)
+
+
+def auto_backend_for(P: int, N_design: int, M: int) -> str:
+    """What ``"auto"`` picks for a layer of ``P`` samples, ``N_design`` inputs and ``M`` outputs."""
+    return "admm" if P * N_design * M > AUTO_ADMM_SIZE else "clarabel"
+
+
+#: The backends ``solver_options`` may be keyed by: ``{"admm": {...}, "clarabel": {...}}``.
+OPTION_BACKENDS = ("admm", "clarabel", "osqp", "scs")
+
+
+def backend_options(solver_options, backend: str) -> dict | None:
+    """The options meant for ``backend``.
+
+    ``solver_options`` is either one backend's options (a flat dict, given to whichever backend
+    runs) or a dict keyed by backend names (:data:`OPTION_BACKENDS`) whose values are such dicts;
+    the keyed form lets ``"auto"`` take options for each backend it may pick.
+    """
+    if solver_options is None:
+        return None
+    if not isinstance(solver_options, dict):
+        raise InvalidInputError(f"solver_options must be a dict; got {type(solver_options).__name__}.")
+    if solver_options and all(key in OPTION_BACKENDS for key in solver_options):
+        for key, value in solver_options.items():
+            if not isinstance(value, dict):
+                raise InvalidInputError(f"solver_options[{key!r}] must be a dict of {key}'s options; "
+                                        f"got {type(value).__name__}.")
+        return solver_options.get(backend)
+    return solver_options
+
+
+def check_solver_options(solver_options, backend: str) -> None:
+    """Raise :class:`InvalidInputError` now, before any work, for options ``backend`` would refuse.
+
+    ADMM's options are checked by name and value, Clarabel's by name and type; OSQP and SCS check
+    theirs when they run.
+    """
+    options = backend_options(solver_options, backend)
+    if not options:
+        return
+    from solvers import admm
+
+    try:
+        if backend == "admm":
+            admm.check_options(**options)
+        else:
+            cvxpy_backend.check_options(backend, options)
+    except (TypeError, ValueError) as error:
+        keyed = ", ".join(f"{name!r}: {{...}}" for name in ("admm", "clarabel"))
+        raise InvalidInputError(
+            f"solver_options for backend={backend!r}: {error} With backend='auto' the backend depends "
+            f"on the layer's size; options for each can be given as {{{keyed}}}.") from None
 
 
 # ------------------------------------------------------------------------------ whole layer
@@ -303,18 +355,23 @@ def solve_layer(problem, backend: str, *, solver_options=None, executor=None, ve
     ``fallback`` (a CVXPY backend) re-solves, for a decoupled form, the columns that ADMM did not
     finish (``max_iterations``, or a violation above its tolerance); see :func:`_refine_columns`.
     """
-    if solver_options is not None and not isinstance(solver_options, dict):
-        raise InvalidInputError(f"solver_options must be a dict; got {type(solver_options).__name__}.")
+    check_solver_options(solver_options, backend)
+    options = backend_options(solver_options, backend)
+    # Flat options belong to the backend that runs; only keyed ones can reach the fallback.
+    keyed = solver_options is not None and options is not solver_options
+    if fallback is not None and keyed:
+        check_solver_options(solver_options, fallback)
     if backend == "admm":
-        raw = _solve_admm(problem, solver_options or {}, verbose)
+        raw = _solve_admm(problem, options or {}, verbose)
         if fallback is not None and problem.decoupled:
-            raw = _refine_columns(problem, raw, fallback, executor, verbose)
+            fallback_options = backend_options(solver_options, fallback) if keyed else None
+            raw = _refine_columns(problem, raw, fallback, fallback_options, executor, verbose)
         return raw
     scaled = ScaledLayer.of(problem)
     if problem.decoupled:
-        raw = _solve_columns(scaled, backend, solver_options, executor, verbose)
+        raw = _solve_columns(scaled, backend, options, executor, verbose)
     else:
-        raw = _solve_coupled(scaled, backend, solver_options, verbose)
+        raw = _solve_coupled(scaled, backend, options, verbose)
     return scaled.unscale(raw)
 
 
@@ -324,7 +381,8 @@ def certificate_tolerances(raw_info: dict) -> dict:
     return {} if tol is None else {"gap_tol": tol, "feas_tol": tol}
 
 
-def _refine_columns(problem, raw: RawSolution, backend: str, executor, verbose) -> RawSolution:
+def _refine_columns(problem, raw: RawSolution, backend: str, options, executor,
+                    verbose) -> RawSolution:
     """Solve again with ``backend`` the columns of an ADMM ``raw`` that are not finished.
 
     A column is unfinished when ADMM stopped it at ``max_iterations`` or its violation exceeds ADMM's
@@ -337,7 +395,7 @@ def _refine_columns(problem, raw: RawSolution, backend: str, executor, verbose) 
     if redo.size == 0 or raw.W_design is None:
         return raw
     scaled = ScaledLayer.of(problem)
-    sub = scaled.unscale(_solve_columns(scaled.columns(redo), backend, None, executor, verbose))
+    sub = scaled.unscale(_solve_columns(scaled.columns(redo), backend, options, executor, verbose))
     if sub.W_design is None:
         return raw
     W, dual = raw.W_design.copy(), raw.dual.copy()
@@ -354,11 +412,6 @@ def _solve_admm(problem, options, verbose) -> RawSolution:
     from solvers import admm
 
     options = {"violation_tol": ADMM_VIOLATION_TOL, **options}
-    try:
-        admm.check_options(**options)
-    except (TypeError, ValueError) as error:
-        raise InvalidInputError(f"solver_options for backend='admm': {error} "
-                                "(see solvers.admm.solve_graph_form for the options).") from None
     out = admm.solve_graph_form(problem.to_graph_form(), verbose=verbose, **options)
     return RawSolution(np.asarray(out.W, dtype=float), np.asarray(out.dual, dtype=float),
                        out.status, out.solve_time, out.setup_time, iterations=out.iterations,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._layer_solve import check_backend
+from ._layer_solve import auto_backend_for, check_backend, check_solver_options
 from ._validation import as_float_array, check_exactly_one, check_scalar
 from .errors import InvalidInputError, SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
@@ -186,6 +186,15 @@ def _check_network(weights, biases, X):
     return weights, biases, X
 
 
+def _check_layer_backends(backend, solver_options, weights, biases, X, lam) -> None:
+    """Check the backend and every layer's solver options before any layer is solved."""
+    name = check_backend(backend, "regularized" if lam is not None else "constrained")
+    for W, b in zip(weights, biases):
+        P, N_design, M = X.shape[0], W.shape[0] + (b is not None), W.shape[1]
+        layer_backend = auto_backend_for(P, N_design, M) if name == "auto" else name
+        check_solver_options(solver_options, layer_backend)
+
+
 def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: str = "cascade",
                  gamma: float = 1.0, biases=None, last_relu: bool = False, backend: str = "auto",
                  penalize_bias: bool = True, split_budget: bool = False, solver_options=None,
@@ -244,7 +253,7 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
     gamma = check_trim_options(epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam, mode=mode,
                                gamma=gamma)
     weights, biases, X = _check_network(weights, biases, X)
-    check_backend(backend, "regularized" if lam is not None else "constrained")
+    _check_layer_backends(backend, solver_options, weights, biases, X, lam)
 
     start = time.perf_counter()
     n_layers = len(weights)

@@ -29,6 +29,7 @@ import cvxpy as cp
 __all__ = [
     "BACKENDS",
     "CVXPYSolveInfo",
+    "check_options",
     "default_options",
     "installed_backends",
     "map_status",
@@ -97,6 +98,38 @@ def installed_backends() -> list[str]:
 def default_options(backend: str) -> dict:
     """A copy of the tolerances convexnet passes to ``backend`` unless told otherwise."""
     return dict(_DEFAULT_OPTIONS[backend])
+
+
+# Keys CVXPY's Clarabel interface consumes itself instead of passing them to Clarabel's settings.
+_CLARABEL_CVXPY_KEYS = ("use_quad_obj", "accept_unknown")
+
+
+def check_options(backend: str, options: dict) -> None:
+    """Reject, before any solve, Clarabel options that Clarabel's settings would refuse.
+
+    Each option is set on a fresh ``clarabel.DefaultSettings()`` as CVXPY does, so an unknown name or
+    a value of the wrong type raises here, not after compilation. OSQP and SCS options are checked by
+    the solvers themselves when they run.
+
+    Raises
+    ------
+    TypeError
+        Naming the setting, for an unknown name or a wrong type.
+    """
+    if backend != "clarabel":
+        return
+    import clarabel
+
+    settings = clarabel.DefaultSettings()
+    for name, value in options.items():
+        if name in _CLARABEL_CVXPY_KEYS:
+            continue
+        try:
+            setattr(settings, name, value)
+        except AttributeError:
+            raise TypeError(f"Clarabel has no setting {name!r}.") from None
+        except TypeError:
+            raise TypeError(f"Clarabel's setting {name!r} cannot take {value!r}.") from None
 
 
 def map_status(raw_status: str | None) -> str:
