@@ -474,3 +474,15 @@ def test_installed_script_runs_end_to_end(tmp_path):
     assert "pruned model saved" in done.stdout
     state = torch.load(tmp_path / "out.pt", weights_only=True)
     assert set(state) == {"0.weight", "0.bias", "2.weight", "2.bias"}
+
+
+@pytest.mark.parametrize("options", [{"max_iterations": 3},
+                                     {"admm": {"max_iterations": 3}, "clarabel": {"max_iter": 50}}])
+def test_admm_options_flat_or_keyed_reach_admm_in_the_torch_adapter(options):
+    # The adapter adds the model's device to ADMM's options; it must not break the keyed form.
+    model, X = mlp(), inputs()
+    report = cnn.trim(model, X, rel_epsilon=0.1, backend="admm", solver_options=options)
+    for layer in report:
+        (result,) = layer.results
+        assert result.backend == "admm" and result.status == "max_iterations"
+        assert (result.iterations == 3).all()
