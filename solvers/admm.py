@@ -265,9 +265,10 @@ def solve_graph_form(form: GraphForm, *, rho: float | None = None, alpha: float 
         Balance the residuals by changing ``rho`` (per column; one ``rho`` for ``"budget"``).
     threads : int, optional
         Torch CPU threads for this solve (``torch.set_num_threads``, put back afterwards, also on an
-        error); default: the process's setting. Small layers can run faster on one thread: on the
-        2-core dev box a 200 x 200 x 200 layer took 1.1 s on one thread and 1.4 s on two when the box
-        was idle, 1.3 s and 5.9 s when it was busy (``docs/benchmarks.md``).
+        error); default: the process's setting. Small layers can run faster on one thread on a busy
+        machine: on the shared 2-core dev box a 200 x 200 x 200 layer ran 1.4x faster on two threads
+        than on one when the box was nearly idle, but 4.5x slower when other jobs held the cores
+        (``docs/benchmarks.md``).
     verbose : bool
         Print the progress at every check.
 
