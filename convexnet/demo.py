@@ -96,13 +96,13 @@ class DemoReport:
 
     def table(self) -> str:
         rows = [f"{'layer':<18}{'links before':>13}{'links after':>12}{'pruned':>9}"
-                f"{'discrepancy':>13}{'bound':>10}{'status':>10}"]
+                f"{'discrepancy':>13}{'bound':>10}  status"]
         names = ["input -> hidden1", "hidden1 -> hidden2", "hidden2 -> output"]
         for i, name in enumerate(names):
             pruned = 100 * (1 - self.links_after[i] / self.links_before[i])
             rows.append(f"{name:<18}{self.links_before[i]:>13}{self.links_after[i]:>12}"
                         f"{pruned:>8.1f}%{self.discrepancy[i]:>13.4f}{self.bound[i]:>10.4f}"
-                        f"{self.statuses[i]:>10}")
+                        f"  {self.statuses[i]}")
         rows += ["",
                  f"training accuracy     before {100 * self.accuracy_before:.1f}%   "
                  f"after {100 * self.accuracy_after:.1f}%",
