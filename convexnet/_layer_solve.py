@@ -25,7 +25,8 @@ from solvers import cvxpy_backend
 from .errors import BackendUnavailableError, InvalidInputError
 
 __all__ = ["RawSolution", "ColumnProgram", "auto_backend_for", "backend_options", "check_backend",
-           "check_solver_options", "layer_program", "resolve_backend", "solve_layer"]
+           "check_solver_options", "layer_program", "resolve_backend", "solve_layer",
+           "with_admm_defaults"]
 
 #: The ADMM backend's default relative violation tolerance (``solvers.admm``'s ``violation_tol``).
 ADMM_VIOLATION_TOL = 1e-4
@@ -121,7 +122,7 @@ def backend_options(solver_options, backend: str) -> dict | None:
         return None
     if not isinstance(solver_options, dict):
         raise InvalidInputError(f"solver_options must be a dict; got {type(solver_options).__name__}.")
-    if solver_options and all(key in OPTION_BACKENDS for key in solver_options):
+    if _keyed(solver_options):
         for key, value in solver_options.items():
             if not isinstance(value, dict):
                 raise InvalidInputError(f"solver_options[{key!r}] must be a dict of {key}'s options; "
@@ -130,27 +131,47 @@ def backend_options(solver_options, backend: str) -> dict | None:
     return solver_options
 
 
-def check_solver_options(solver_options, backend: str) -> None:
-    """Raise :class:`InvalidInputError` now, before any work, for options ``backend`` would refuse.
+def _keyed(solver_options: dict | None) -> bool:
+    """Whether ``solver_options`` is the form keyed by backend names."""
+    return bool(solver_options) and all(key in OPTION_BACKENDS for key in solver_options)
 
-    ADMM's options are checked by name and value, Clarabel's by name and type; OSQP and SCS check
-    theirs when they run.
+
+def with_admm_defaults(solver_options, **defaults) -> dict | None:
+    """``solver_options`` with ``defaults`` added to ADMM's options (flat or keyed), never overriding."""
+    options = dict(solver_options or {})
+    if not _keyed(options):
+        return {**defaults, **options}
+    admm_options = options.get("admm") or {}
+    if isinstance(admm_options, dict):  # anything else is reported by check_solver_options
+        options["admm"] = {**defaults, **admm_options}
+    return options
+
+
+def check_solver_options(solver_options, backend: str) -> None:
+    """Raise :class:`InvalidInputError` now, before any work, for options a backend would refuse.
+
+    Flat options are checked for ``backend`` (the one that will run); keyed options for every backend
+    they name, used or not. ADMM's options are checked by name and value, Clarabel's by name and
+    type; OSQP and SCS check theirs when they run.
     """
-    options = backend_options(solver_options, backend)
-    if not options:
+    backend_options(solver_options, backend)  # the shape of solver_options
+    if not solver_options:
         return
+    named = solver_options if _keyed(solver_options) else {backend: solver_options}
     from solvers import admm
 
-    try:
-        if backend == "admm":
-            admm.check_options(**options)
-        else:
-            cvxpy_backend.check_options(backend, options)
-    except (TypeError, ValueError) as error:
-        keyed = ", ".join(f"{name!r}: {{...}}" for name in ("admm", "clarabel"))
-        raise InvalidInputError(
-            f"solver_options for backend={backend!r}: {error} With backend='auto' the backend depends "
-            f"on the layer's size; options for each can be given as {{{keyed}}}.") from None
+    for name, options in named.items():
+        try:
+            if name == "admm":
+                admm.check_options(**options)
+            else:
+                cvxpy_backend.check_options(name, options)
+        except (TypeError, ValueError) as error:
+            keyed = ", ".join(f"{key!r}: {{...}}" for key in ("admm", "clarabel"))
+            raise InvalidInputError(
+                f"solver_options for backend={name!r}: {error} With backend='auto' the backend "
+                f"depends on the layer's size; options for each can be given as {{{keyed}}}."
+            ) from None
 
 
 # ------------------------------------------------------------------------------ whole layer
@@ -357,13 +378,11 @@ def solve_layer(problem, backend: str, *, solver_options=None, executor=None, ve
     """
     check_solver_options(solver_options, backend)
     options = backend_options(solver_options, backend)
-    # Flat options belong to the backend that runs; only keyed ones can reach the fallback.
-    keyed = solver_options is not None and options is not solver_options
-    if fallback is not None and keyed:
-        check_solver_options(solver_options, fallback)
     if backend == "admm":
         raw = _solve_admm(problem, options or {}, verbose)
         if fallback is not None and problem.decoupled:
+            # Flat options belong to the backend that runs; only keyed ones reach the fallback.
+            keyed = _keyed(solver_options)
             fallback_options = backend_options(solver_options, fallback) if keyed else None
             raw = _refine_columns(problem, raw, fallback, fallback_options, executor, verbose)
         return raw

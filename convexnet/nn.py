@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import _torch_capture as capture_layers
-from ._layer_solve import OPTION_BACKENDS, check_backend, resolve_backend, worst_status
+from ._layer_solve import check_backend, resolve_backend, with_admm_defaults, worst_status
 from ._torch_write import build_update, write_all, write_update
 from ._validation import check_finite_data, check_integer, is_tensor
 from .errors import InvalidInputError
@@ -248,14 +248,9 @@ def _solve_layer(spec, module, X, target, *, first, budget, backend, device, sol
                                  spec.relu, first)
         problem = NetTrimProblem(X_group, Y_group, relu=spec.relu, bias=b is not None,
                                  **keywords, **problem_options)
-        name = resolve_backend(problem, backend)
-        options = dict(solver_options or {})
-        if name == "admm":
-            keyed = options and all(key in OPTION_BACKENDS for key in options)
-            if keyed and isinstance(options.get("admm", {}), dict):
-                options["admm"] = {"device": device, **options.get("admm", {})}
-            elif not keyed:
-                options.setdefault("device", device)
+        options = solver_options
+        if resolve_backend(problem, backend) == "admm":
+            options = with_admm_defaults(solver_options, device=device)
         result = problem.solve(backend=backend, solver_options=options or None, executor=executor,
                                certify=certify)
         label = f"layer {spec.name!r}" + (f" (group {group})" if len(blocks) > 1 else "")

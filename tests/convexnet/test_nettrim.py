@@ -207,6 +207,9 @@ def test_backend_errors_name_the_alternatives():
         prob.solve(backend="admm", solver_options={"threads": 0})
     with pytest.raises(cn.InvalidInputError, match="max_iter"):
         prob.solve(backend="admm", solver_options={"max_iter": 10})
+    # Keyed options are all checked, also those of a backend this solve does not use.
+    with pytest.raises(cn.InvalidInputError, match="backend='admm'.*threads"):
+        prob.solve(backend="clarabel", solver_options={"admm": {"threads": 0}, "clarabel": {}})
 
 
 @pytest.mark.parametrize("backend", ["clarabel", "scs", "osqp"])
