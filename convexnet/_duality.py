@@ -45,22 +45,29 @@ class LayerLoss:
     budgets: np.ndarray | None = None
 
 
-def dual_objective_parts(Y, V, active, dual, loss: LayerLoss) -> tuple[float, float]:
+def dual_objective_parts(Y, V, active, dual, loss: LayerLoss, *, per_column: bool = False):
     """Split the dual objective into ``(linear, quadratic)``: value at ``t * Lambda`` is
     ``t * linear - t^2 * quadratic``.
 
     regularized: ``linear = -<Y_A, xi> - <V_B, mu>``, ``quadratic = ||xi||^2 / (4 lam)``;
     constrained: ``linear = -<Y_A, xi> - <V_B, mu> - epsilon ||xi||`` (coupled) or
     ``- sum_m epsilon_m ||xi_m||`` (per column), ``quadratic = 0`` (the dual is homogeneous).
+    ``per_column=True`` (separable losses only) returns the two parts of every column, arrays of
+    shape (M,), instead of floats.
     """
     xi = np.where(active, dual, 0.0)
     mu = np.where(active, 0.0, dual)
-    linear = -float(np.sum(Y * xi)) - float(np.sum(V * mu))
+    linear = -np.sum(Y * xi, axis=0) - np.sum(V * mu, axis=0)
+    quadratic = np.zeros_like(linear)
     if loss.kind == "regularized":
-        return linear, float(np.sum(xi ** 2)) / (4.0 * loss.lam)
+        quadratic = np.sum(xi ** 2, axis=0) / (4.0 * loss.lam)
+    elif loss.kind == "per_column":
+        linear = linear - loss.budgets * np.linalg.norm(xi, axis=0)
+    if per_column:
+        return linear, quadratic
     if loss.kind == "coupled":
-        return linear - loss.epsilon * float(np.linalg.norm(xi)), 0.0
-    return linear - float(np.sum(loss.budgets * np.linalg.norm(xi, axis=0))), 0.0
+        return float(linear.sum()) - loss.epsilon * float(np.linalg.norm(xi)), 0.0
+    return float(linear.sum()), float(quadratic.sum())
 
 
 def best_scale(linear: float, quadratic: float, largest: float) -> float:
@@ -346,11 +353,9 @@ def _repair_clipped(X, Y, V, active, candidate, weights, loss, aligned=False) ->
     ratio = (correlation[penalized] / weights[penalized, None]).max(axis=0, initial=0.0)
     if not per_column:
         ratio = np.array([ratio.max(initial=0.0)])
-    with np.errstate(divide="ignore"):
-        largest = np.where(ratio > 0, 1.0 / np.where(ratio > 0, ratio, 1.0), np.inf)
+    largest = np.where(ratio > 0, 1.0 / np.where(ratio > 0, ratio, 1.0), np.inf)
     if per_column:
-        parts = [dual_objective_parts(Y[:, [m]], V[:, [m]], active[:, [m]], candidate[:, [m]],
-                                      _column_loss(loss, m)) for m in range(candidate.shape[1])]
+        parts = list(zip(*dual_objective_parts(Y, V, active, candidate, loss, per_column=True)))
     else:
         parts = [dual_objective_parts(Y, V, active, candidate, loss)]
     scales = np.array([best_scale(linear, quadratic, bound)
@@ -362,10 +367,3 @@ def _repair_clipped(X, Y, V, active, candidate, weights, loss, aligned=False) ->
     return RepairedDual(dual=scales * candidate, scale=float(scales.min(initial=1.0)),
                         dropped_columns=dropped, unpenalized_residual=residual, value=value,
                         aligned=aligned)
-
-
-def _column_loss(loss: LayerLoss, m: int) -> LayerLoss:
-    """The loss of column ``m`` alone (separable losses only)."""
-    if loss.kind == "per_column":
-        return LayerLoss("per_column", budgets=np.asarray(loss.budgets)[[m]])
-    return loss
