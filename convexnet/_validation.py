@@ -24,6 +24,9 @@ __all__ = [
     "check_shape",
     "check_exactly_one",
     "as_data",
+    "check_bool",
+    "check_device",
+    "check_executor",
 ]
 
 
@@ -174,3 +177,40 @@ def check_exactly_one(named: dict, hint: str = "") -> str:
         raise InvalidInputError(f"give exactly one of {', '.join(names[:-1])} or {names[-1]}"
                                 f"{hint}; got {' and '.join(given) if given else 'none'}.")
     return given[0]
+
+
+def check_bool(name: str, value) -> bool:
+    """Return ``value`` as a bool, accepting only ``True``/``False`` (and numpy bools).
+
+    Strings such as ``"no"`` or ``"False"`` are truthy in Python; a flag given one is refused rather
+    than read as True.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise InvalidInputError(f"{name} must be True or False; got {value!r} "
+                            f"({type(value).__name__}).")
+
+
+def check_device(name: str, value):
+    """Return ``value`` as a ``torch.device`` (None stays None), or raise naming ``name``."""
+    if value is None:
+        return None
+    import torch
+
+    if not isinstance(value, (str, torch.device)):
+        raise InvalidInputError(f"{name} must be a torch device or its name ('cpu', 'cuda', "
+                                f"'cuda:1'); got {value!r}.")
+    try:
+        return torch.device(value)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InvalidInputError(f"{name}={value!r} is not a torch device ({exc}); use 'cpu' or "
+                                "'cuda'.") from None
+
+
+def check_executor(name: str, value):
+    """Return ``value`` when it is None or has ``submit`` (a ``concurrent.futures.Executor``)."""
+    if value is None or callable(getattr(value, "submit", None)):
+        return value
+    raise InvalidInputError(
+        f"{name} must be a concurrent.futures.Executor (an object with submit(), e.g. "
+        f"ThreadPoolExecutor() or a Dask client's get_executor()); got {value!r}.")
