@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from . import _torch_capture as capture_layers
+from . import _torch_trim_checks as checks
 from ._layer_solve import check_backend, resolve_backend, with_admm_defaults, worst_status
 from ._torch_write import build_update, write_all, write_update
-from ._validation import check_finite_data, check_integer, is_tensor
-from .errors import InvalidInputError
+from .errors import SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
 from .network import (affine, cascade_budget, check_trim_options, layer_budget, next_bound,
                       raise_if_failed)
@@ -54,13 +54,17 @@ class LayerReport:
         :func:`convexnet.trim_network`: ``epsilon`` for the first layer, and chained from the
         previous layer when this layer's input is exactly that layer's output (Linear layers, as in
         an ``nn.Sequential`` of Linear and ReLU). NaN where no theorem applies (a Conv2d after the
-        first layer, anything between two layers, the regularized form).
+        first layer, anything between two layers, the regularized form, a layer written unfinished
+        and every layer chained after it).
     nonzeros, size : int
         Non-zero and total entries of the written weight.
     revived : int
         Entries that an earlier pruning had zeroed and that are non-zero again.
     time : float
         Seconds for this layer (capture and solve).
+    accepted_inaccurate : bool
+        True when the layer's solve did not finish (status ``"max_iterations"``) and it was written
+        only because ``trim`` was called with ``allow_inaccurate=True``: its budget may not hold.
     """
 
     name: str
@@ -76,6 +80,7 @@ class LayerReport:
     discrepancy: float = float("nan")
     bound: float = float("nan")
     revived: int = 0
+    accepted_inaccurate: bool = False
 
     @property
     def result(self) -> NetTrimResult:
@@ -106,6 +111,8 @@ class TrimReport:
     """What :func:`trim` did, one :class:`LayerReport` per layer in execution order.
 
     ``str(report)`` and ``report.table()`` give a plain-text table; ``report["0"]`` is a layer's row.
+    ``info`` holds the backend, ``max_samples`` and ``seed``, and under ``"skipped"`` the layers the
+    default selection left out because they share a parameter with another module (``{name: why}``).
     """
 
     layers: list
@@ -132,7 +139,10 @@ class TrimReport:
         return 1.0 - sum(layer.nonzeros for layer in self.layers) / size if size else float("nan")
 
     def table(self) -> str:
-        """One row per layer, then the totals."""
+        """One row per layer, then the totals.
+
+        The status of a layer written unfinished (``allow_inaccurate=True``) is marked ``*``.
+        """
         rows = [f"{'layer':<16} {'type':<6} {'weight':>14} {'relu':>4} {'samples':>7} "
                 f"{'nonzeros':>9} {'pruned':>7} {'epsilon':>10} {'discrepancy':>11} {'bound':>10} "
                 f"{'status':>18} {'cert':>6} {'time (s)':>8}"]
@@ -141,72 +151,19 @@ class TrimReport:
             rows.append(f"{layer.name:<16} {layer.kind:<6} {shape:>14} {'yes' if layer.relu else 'no':>4} "
                         f"{layer.samples:>7} {layer.nonzeros:>9} {100 * layer.sparsity:>6.1f}% "
                         f"{layer.epsilon:>10.4g} {layer.discrepancy:>11.4g} {layer.bound:>10.4g} "
-                        f"{layer.status:>18} {layer.certificate:>6} {layer.time:>8.2f}")
+                        f"{layer.status + ('*' if layer.accepted_inaccurate else ''):>18} "
+                        f"{layer.certificate:>6} {layer.time:>8.2f}")
         rows.append(f"{len(self.layers)} layers, {self.mode} mode, {100 * self.sparsity:.1f}% of "
                     f"the weights pruned, {self.total_time:.1f} s")
+        if any(layer.accepted_inaccurate for layer in self.layers):
+            rows.append("* not finished, written because allow_inaccurate=True: its budget may not "
+                        "hold, no bound is given")
+        for name, why in self.info.get("skipped", {}).items():
+            rows.append(f"skipped {name!r}: shares a parameter with another module ({why})")
         return "\n".join(rows)
 
     def __str__(self) -> str:
         return self.table()
-
-
-# ---------------------------------------------------------------------------------- checking
-def _reference_tensor(model: torch.nn.Module) -> torch.Tensor:
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor
-    raise InvalidInputError("model has no floating-point parameters; there is nothing to trim.")
-
-
-def _as_batch(index: int, batch, reference: torch.Tensor) -> torch.Tensor:
-    if isinstance(batch, (tuple, list)) and batch and (is_tensor(batch[0])
-                                                       or isinstance(batch[0], np.ndarray)):
-        batch = batch[0]        # (inputs, targets) as a DataLoader yields them
-    if isinstance(batch, np.ndarray):
-        batch = torch.as_tensor(batch)
-    if not is_tensor(batch):
-        raise InvalidInputError(
-            f"inputs batch {index} is a {type(batch).__name__}; inputs must be a torch.Tensor, or "
-            "an iterable of tensors (or of (inputs, targets) pairs); convert with torch.as_tensor.")
-    check_finite_data(f"inputs (batch {index})", batch)
-    if batch.is_floating_point():
-        return batch.to(device=reference.device, dtype=reference.dtype)
-    return batch.to(device=reference.device)
-
-
-def _batches(inputs, batch_size, reference: torch.Tensor) -> list[torch.Tensor]:
-    """The calibration batches, materialized once (every pass runs over the same list)."""
-    if is_tensor(inputs) or isinstance(inputs, np.ndarray):
-        whole = _as_batch(0, inputs, reference)
-        if whole.dim() == 0:
-            raise InvalidInputError("inputs is a 0-d tensor; pass a batch of samples.")
-        batches = [whole] if batch_size is None else list(torch.split(whole, batch_size))
-    elif isinstance(inputs, (str, bytes, dict)) or not capture_layers.is_iterable(inputs):
-        raise InvalidInputError(
-            f"inputs must be a torch.Tensor or an iterable of tensor batches (a DataLoader, a "
-            f"list); got {type(inputs).__name__}.")
-    else:
-        batches = [_as_batch(index, batch, reference) for index, batch in enumerate(inputs)]
-    if not batches or all(batch.numel() == 0 for batch in batches):
-        raise InvalidInputError("inputs holds no samples; pass at least one calibration batch.")
-    return batches
-
-
-def _check_options(max_samples, seed, batch_size, device, progress, solver_options):
-    if max_samples is not None:
-        check_integer("max_samples", max_samples, low=1)
-    check_integer("seed", seed, low=0)
-    if batch_size is not None:
-        check_integer("batch_size", batch_size, low=1)
-    if device is not None:
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise InvalidInputError(f"device {device!r} is not a torch device ({exc}).") from None
-    if progress is not None and not callable(progress):
-        raise InvalidInputError("progress must be None or a callable progress(index, n, layer).")
-    if solver_options is not None and not isinstance(solver_options, dict):
-        raise InvalidInputError(f"solver_options must be a dict; got {type(solver_options).__name__}.")
 
 
 # ----------------------------------------------------------------------------------- solving
@@ -236,8 +193,27 @@ def _group_budget(budget: _Budget, X, Y, W, b, Y_layer_norm, n_groups, relu, fir
     return layer_budget(Y, epsilon=budget.epsilon, rel_epsilon=budget.rel_epsilon, lam=budget.lam)
 
 
+#: Statuses whose solutions are written. "optimal_inaccurate" is a finished solve whose accuracy
+#: assessment (or certificate) fell short of the backend's tolerance; "max_iterations" is not finished.
+FINISHED = ("optimal", "optimal_inaccurate")
+
+
+def _check_finished(result: NetTrimResult, label: str, allow_inaccurate: bool) -> None:
+    """Raise :class:`SolverFailedError` for an unfinished solve, unless the caller accepts it."""
+    raise_if_failed(result, label)
+    if result.status in FINISHED or (allow_inaccurate and result.status == "max_iterations"):
+        return
+    advice = ("pass allow_inaccurate=True to write unfinished layers anyway (the report flags "
+              "them), " if result.status == "max_iterations" else "")
+    raise SolverFailedError(
+        f"{label}: backend {result.backend!r} did not finish (status {result.status!r}); nothing "
+        f"was written to the model. Raise the iteration limit (solver_options="
+        "{'max_iterations': ...} for 'admm'), use backend='clarabel', or " + advice
+        + "loosen the budget.", status=result.status)
+
+
 def _solve_layer(spec, module, X, target, *, first, budget, backend, device, solver_options,
-                 executor, certify, problem_options):
+                 executor, certify, problem_options, allow_inaccurate):
     """Solve every group's program; return the refit blocks and the results."""
     blocks = capture_layers.design_blocks(module)
     layer_norm = float(np.linalg.norm(target))
@@ -254,7 +230,7 @@ def _solve_layer(spec, module, X, target, *, first, budget, backend, device, sol
         result = problem.solve(backend=backend, solver_options=options or None, executor=executor,
                                certify=certify)
         label = f"layer {spec.name!r}" + (f" (group {group})" if len(blocks) > 1 else "")
-        raise_if_failed(result, label)
+        _check_finished(result, label, allow_inaccurate)
         refit.append((inputs, outputs, result.W, result.b))
         results.append(result)
     return blocks, refit, results
@@ -271,7 +247,10 @@ def _chained(previous, current, originals, targets, calls) -> bool:
 
 def _bounds(specs, reports, originals, targets, calls, blocks, mode, gamma) -> None:
     for index, (spec, report) in enumerate(zip(specs, reports)):
-        if index == 0:
+        if report.accepted_inaccurate:
+            # Theorems 1-2 need every layer's constraint to hold; NaN also voids the chain after it.
+            report.bound = float("nan")
+        elif index == 0:
             report.bound = report.epsilon if calls[spec.name] == 1 else float("nan")
         elif _chained(specs[index - 1], spec, originals, targets, calls):
             original, refit = blocks[spec.name]
@@ -284,21 +263,25 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
          mode: str = "cascade", gamma: float = 1.0, backend: str = "auto", device=None, relu=None,
          max_samples: int | None = 10_000, seed: int = 0, batch_size: int | None = None,
          split_budget: bool = False, penalize_bias: bool = True, solver_options=None,
-         executor=None, certify=True, progress=None) -> TrimReport:
+         executor=None, certify=True, progress=None, allow_inaccurate: bool = False) -> TrimReport:
     """Prune a torch model's Linear and Conv2d layers with Net-Trim (paper 004), in place.
 
     Parameters
     ----------
     model : torch.nn.Module
-        float32 or float64, on any device. Not modified unless every layer is solved.
+        float32, float64, float16 or bfloat16, on any device (not ``meta``). Not modified unless
+        every layer is solved.
     inputs : Tensor or iterable of Tensor
         Calibration inputs: one tensor (split into ``batch_size`` chunks when given) or batches
         (a list, a ``DataLoader``; a batch that is a tuple ``(inputs, targets)`` gives its first
         element). Each is passed as ``model(batch)``; floating batches are cast to the model's dtype
         and moved to its device. Materialized once: every pass sees the same batches.
     layers : list of str, optional
-        Module names (``model.named_modules()``) to trim; default every ``Linear`` and ``Conv2d``.
-        They are processed in the order the forward pass first calls them.
+        Module names (``model.named_modules()``) to trim; default every ``Linear`` and ``Conv2d``
+        except those sharing a parameter with another module (tied weights, such as an output
+        layer tied to an embedding: skipped with a warning, listed in ``report.info["skipped"]``).
+        Naming a layer with a shared parameter is an error. They are processed in the order the
+        forward pass first calls them.
     epsilon, rel_epsilon, lam : float
         Exactly one, as in :func:`convexnet.trim_network`: ``epsilon`` the absolute budget (every
         layer in parallel mode, the first in cascade mode), ``rel_epsilon`` the budget
@@ -331,6 +314,11 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
     progress : callable, optional
         ``progress(index, n_layers, layer_report)`` after each layer is solved (its
         ``discrepancy`` and ``bound`` are filled in once every layer is).
+    allow_inaccurate : bool, default False
+        Write layers whose solve did not finish (status ``"max_iterations"``) instead of raising
+        :class:`~convexnet.errors.SolverFailedError`; their rows say ``accepted_inaccurate`` (a
+        ``*`` in the table) and their bounds are NaN. ``"optimal"`` and ``"optimal_inaccurate"``
+        (finished; accuracy assessed below the backend's tolerance) are always written.
 
     Returns
     -------
@@ -338,7 +326,9 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
 
     Notes
     -----
-    **What is written.** Only when every layer is solved. The refit values are copied into the
+    **What is written.** Only when every layer is solved: a layer without a solution, or whose
+    backend stopped before finishing (unless ``allow_inaccurate``), raises
+    :class:`~convexnet.errors.SolverFailedError` (its ``status`` attribute says why). The refit values are copied into the
     existing tensors, so each ``Parameter`` object survives (an optimizer built before trimming
     keeps working): ``torch.nn.utils.prune.custom_from_mask`` re-registers the ``weight`` parameter
     object as ``weight_orig`` and adds the buffer ``weight_mask``; ``module.weight`` becomes
@@ -347,7 +337,8 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
     holding the product). A module that was already pruned keeps its hook; its ``weight_orig`` is
     overwritten and its ``weight_mask`` replaced by the new support (``LayerReport.revived`` counts
     entries zeroed before and used again). Biases are copied into their parameter. Values are
-    computed in float64 and written in the module's dtype on its device.
+    computed in float64 and written in the module's dtype on its device (rounded, for float16 and
+    bfloat16 models; the discrepancy is measured after rounding).
 
     **All or nothing.** Captures and trial writes happen on a deep copy of the model, in evaluation
     mode (dropout off, batch norm on running statistics); a bad argument, a solver failure or any
@@ -362,20 +353,22 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
     >>> print(report)                                               # doctest: +SKIP
     """
     start = time.perf_counter()
-    if not isinstance(model, torch.nn.Module):
-        raise InvalidInputError(f"model must be a torch.nn.Module; got {type(model).__name__}.")
+    checks.check_model(model)
     gamma = check_trim_options(epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam, mode=mode,
                                gamma=gamma)
-    budget = _Budget(epsilon, rel_epsilon, lam, mode, gamma, bool(split_budget) and lam is None)
     check_backend(backend, "regularized" if lam is not None else "constrained")
-    _check_options(max_samples, seed, batch_size, device, progress, solver_options)
-    names = capture_layers.find_layers(model, layers)
+    options = checks.check_options(
+        max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
+        executor=executor, progress=progress, solver_options=solver_options, certify=certify,
+        split_budget=split_budget, penalize_bias=penalize_bias, allow_inaccurate=allow_inaccurate)
+    split = options["split_budget"] and lam is None
+    budget = _Budget(epsilon, rel_epsilon, lam, mode, gamma, split)
+    names, skipped = checks.choose_layers(model, layers)
     relus = capture_layers.resolve_relu(names, model, relu)
-    reference = _reference_tensor(model)
-    batches = _batches(inputs, batch_size, reference)
-    device = reference.device if device is None else torch.device(device)
-    problem_options = dict(split_budget=bool(split_budget) if lam is None else False,
-                           penalize_bias=bool(penalize_bias))
+    reference = checks.reference_tensor(model)
+    batches = checks.calibration_batches(inputs, batch_size, reference)
+    device = reference.device if options["device"] is None else options["device"]
+    problem_options = dict(split_budget=split, penalize_bias=options["penalize_bias"])
 
     working = capture_layers.working_copy(model)
     order, totals, calls = capture_layers.count_rows(working, names, batches)
@@ -398,7 +391,8 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
         original, refit, results = _solve_layer(
             spec, module, X, targets[spec.name], first=index == 0, budget=budget,
             backend=backend, device=device, solver_options=solver_options, executor=executor,
-            certify=certify, problem_options=problem_options)
+            certify=certify, problem_options=problem_options,
+            allow_inaccurate=options["allow_inaccurate"])
         update = build_update(module, refit)
         if mode == "cascade":
             write_update(module, update)
@@ -410,7 +404,9 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
         nonzeros = int(update.mask.count_nonzero())
         reports.append(LayerReport(spec.name, spec.kind, spec.weight_shape, spec.relu, X.shape[0],
                                    results, epsilon_layer, nonzeros, update.mask.numel(),
-                                   time.perf_counter() - layer_start))
+                                   time.perf_counter() - layer_start,
+                                   accepted_inaccurate=any(r.status not in FINISHED
+                                                           for r in results)))
         if progress is not None:
             progress(index, len(specs), reports[-1])
 
@@ -430,7 +426,8 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
     for report, count in zip(reports, revived):
         report.revived = count
     return TrimReport(reports, mode, time.perf_counter() - start,
-                      info={"backend": backend, "max_samples": max_samples, "seed": seed})
+                      info={"backend": backend, "max_samples": max_samples, "seed": seed,
+                            "skipped": skipped})
 
 
 def _fresh(update):
