@@ -1,28 +1,45 @@
-"""What :mod:`convexnet.training` needs about layers: their ``[W; b]`` matrix and argument checks.
+"""What :mod:`convexnet.training` needs about layers: their ``[W; b]`` matrix, checks, step undo.
 
 A layer (``Linear``, ``Conv1d/2d/3d``) is seen in the design's orientation: ``W = weight.reshape(M,
 -1).T`` of shape ``(N, M)``, with the bias as a last row, ``[W; b]`` of shape ``(N + 1, M)``. The
 checks raise :class:`~convexnet.errors.InvalidInputError` naming the argument, before any work.
+
+A wrapper's step is all or nothing: :class:`StepSnapshot` keeps the parameters and the optimizer's
+state from before the step, gradients are checked before the optimizer reads them
+(:func:`check_gradients`) and the stepped weights before they are committed (:func:`check_finite`);
+on any failure the snapshot is put back before the error propagates.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, SolverFailedError
 from .penalties import Penalty
 from .sets import ConstraintSet, NetTrimSet
 
 __all__ = ["SUPPORTED", "Constraint", "layer_matrix", "write_matrix", "check_layer", "check_optimizer",
-           "optimized", "check_unique", "check_constraints", "named_layers"]
+           "optimized", "check_unique", "check_constraints", "named_layers", "compute_dtype",
+           "StepSnapshot", "guarded_step", "check_gradients", "check_finite", "check_weights"]
 
 # Layers whose weight is (outputs, inputs...) with every output a column of the design matrix.
 SUPPORTED = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 
 
+# Half-precision tensors are projected in float32: some kernels (SVD) have no bfloat16/float16
+# version on the CPU, and sorting-based projections lose their invariants in 8-bit mantissas.
+_HALF = (torch.float16, torch.bfloat16)
+
+
 # ---------------------------------------------------------------------------- layer matrices
+def compute_dtype(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in float32 when it is float16 or bfloat16, else itself."""
+    return tensor.float() if tensor.dtype in _HALF else tensor
+
+
 def layer_matrix(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``[W; b]`` from the parameters; without a bias, a view of the weight (no copy)."""
     matrix = weight.detach().reshape(weight.shape[0], -1).T
@@ -56,8 +73,13 @@ def check_layer(label: str, module, *, allow_pruned: bool = False) -> None:
         raise InvalidInputError(
             f"{label} is pruned or parametrized (its weight is computed, e.g. weight_orig * "
             "weight_mask); make it plain first with torch.nn.utils.prune.remove(module, 'weight').")
-    if not module.weight.is_floating_point():
-        raise InvalidInputError(f"{label} has a {module.weight.dtype} weight; it must be floating point.")
+    weight = module.weight_orig if hasattr(module, "weight_orig") else module.weight
+    if weight.is_meta:
+        raise InvalidInputError(
+            f"{label} is on the meta device and holds no values; materialize the model first, "
+            "e.g. model.to_empty(device='cpu') followed by model.load_state_dict(weights).")
+    if not weight.is_floating_point():
+        raise InvalidInputError(f"{label} has a {weight.dtype} weight; it must be floating point.")
 
 
 def check_optimizer(optimizer) -> None:
@@ -117,7 +139,7 @@ def _check_set(label: str, constraint_set, weight, bias) -> None:
             f"{label} must be a convexnet.sets set (L1Ball, L1InfBall, SumOfMaxBall, NuclearBall, "
             f"Sparse, LowRank, Subspace, ConvolutionSubspace); got {type(constraint_set).__name__}.")
     # A trial projection of zeros finds shape and axis mismatches now, not at the first step.
-    zeros = torch.zeros_like(layer_matrix(weight, bias))
+    zeros = torch.zeros_like(compute_dtype(layer_matrix(weight, bias)))
     try:
         constraint_set.project(zeros)
     except (InvalidInputError, ValueError) as exc:
@@ -179,3 +201,131 @@ def named_layers(modules) -> list[tuple[str, torch.nn.Module]]:
     return pairs
 
 
+
+
+# -------------------------------------------------------------------------------- step undo
+def parameter_names(optimizer, known: dict[int, str]) -> dict[int, str]:
+    """A name for every parameter of ``optimizer`` (by ``id``): ``known`` ones, else by position."""
+    names = {}
+    for group_index, group in enumerate(optimizer.param_groups):
+        for index, parameter in enumerate(group["params"]):
+            names[id(parameter)] = known.get(
+                id(parameter), f"param_groups[{group_index}]['params'][{index}] "
+                               f"(shape {tuple(parameter.shape)})")
+    return names
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> list[bool]:
+    """Per tensor, whether every entry is finite, with one device synchronization per device."""
+    flags: list = [None] * len(tensors)
+    by_device: dict = {}
+    for index, tensor in enumerate(tensors):
+        by_device.setdefault(tensor.device, []).append(index)
+    for indices in by_device.values():
+        verdicts = torch.stack([torch.isfinite(tensors[i]).all() for i in indices]).tolist()
+        for i, verdict in zip(indices, verdicts):
+            flags[i] = verdict
+    return flags
+
+
+def check_gradients(optimizer, names: dict[int, str]) -> None:
+    """Raise :class:`InvalidInputError` naming the parameters whose gradients are not finite."""
+    pairs = [(p, p.grad) for group in optimizer.param_groups for p in group["params"]
+             if p.grad is not None and not p.grad.is_sparse]
+    flags = _all_finite([grad for _, grad in pairs])
+    bad = [names[id(p)] for (p, _), ok in zip(pairs, flags) if not ok]
+    if bad:
+        raise InvalidInputError(
+            f"the gradient of {', '.join(bad)} has NaN or infinite entries; the step was not taken "
+            "(parameters and optimizer state are unchanged). Check the loss for NaN, lower the "
+            "learning rate or clip the gradients (torch.nn.utils.clip_grad_norm_), then "
+            "zero_grad() and step again.")
+
+
+def check_weights(matrices: list[tuple[str, torch.Tensor]]) -> None:
+    """Raise :class:`InvalidInputError` naming the layers whose current ``[W; b]`` is not finite."""
+    flags = _all_finite([matrix for _, matrix in matrices])
+    bad = [label for (label, _), ok in zip(matrices, flags) if not ok]
+    if bad:
+        raise InvalidInputError(f"the weights of {', '.join(bad)} have NaN or infinite entries; "
+                                "nothing was projected. Re-initialize or reload those layers.")
+
+
+def check_finite(what: str, tensors: list[tuple[str, torch.Tensor]]) -> None:
+    """Raise :class:`SolverFailedError` (status ``"non_finite"``) naming the non-finite tensors."""
+    flags = _all_finite([tensor for _, tensor in tensors])
+    bad = [name for (name, _), ok in zip(tensors, flags) if not ok]
+    if bad:
+        raise SolverFailedError(
+            f"{what} of {', '.join(bad)} has NaN or infinite entries (overflow); the step was undone "
+            "(parameters and optimizer state are as before it). Lower the learning rate or clip "
+            "the gradients.", status="non_finite")
+
+
+class StepSnapshot:
+    """The values of ``optimizer``'s parameters and its state, to undo a failed step.
+
+    The state is restored into the optimizer's own tensors where they still fit, so an optimizer
+    that holds references to them (fused or capturable implementations) sees the old values;
+    entries the failed step created are removed. Costs one copy of the parameters and the state.
+    """
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        with torch.no_grad():
+            self.values = [(p, p.detach().clone()) for group in optimizer.param_groups
+                           for p in group["params"]]
+            self.state = {p: {key: value.detach().clone() if isinstance(value, torch.Tensor)
+                              else copy.deepcopy(value) for key, value in entries.items()}
+                          for p, entries in optimizer.state.items()}
+
+    def restore(self) -> None:
+        """Put the parameters' values and the optimizer's state back as they were."""
+        with torch.no_grad():
+            for parameter, saved in self.values:
+                parameter.copy_(saved)
+            live = self.optimizer.state
+            for parameter in [p for p in live if p not in self.state]:
+                del live[parameter]
+            for parameter, saved in self.state.items():
+                entries = live[parameter]
+                for key in [k for k in entries if k not in saved]:
+                    del entries[key]
+                for key, value in saved.items():
+                    current = entries.get(key)
+                    if (isinstance(current, torch.Tensor) and isinstance(value, torch.Tensor)
+                            and current.shape == value.shape and current.dtype == value.dtype):
+                        current.copy_(value)
+                    else:
+                        entries[key] = value
+
+
+def guarded_step(optimizer, known: dict[int, str], closure, commit):
+    """``optimizer.step(closure)``, then ``commit()``, all or nothing; returns the step's loss.
+
+    The gradients are checked: without a closure before anything is copied or changed, with one
+    each time the optimizer calls it (before the optimizer reads what it computed). After the step
+    every parameter is checked finite, then ``commit`` runs (it writes projections or thresholds and
+    may raise). If anything raises, the parameters and the optimizer's state are restored first.
+    ``known`` names parameters (by ``id``) in the messages.
+    """
+    names = parameter_names(optimizer, known)
+    if closure is None:
+        check_gradients(optimizer, names)
+    snapshot = StepSnapshot(optimizer)
+    try:
+        if closure is None:
+            loss = optimizer.step()
+        else:
+            def checked_closure():
+                value = closure()
+                check_gradients(optimizer, names)
+                return value
+            loss = optimizer.step(checked_closure)
+        check_finite("the optimizer's step", [(names[id(p)], p) for group in optimizer.param_groups
+                                              for p in group["params"]])
+        commit()
+    except BaseException:
+        snapshot.restore()
+        raise
+    return loss

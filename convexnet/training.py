@@ -19,7 +19,15 @@ row: the layer's matrix is ``[W; b]`` of shape ``(N + 1, M)`` (:func:`design_mat
 
 Both wrappers act on the parameters in place, under ``torch.no_grad()``: the ``Parameter`` objects
 stay the same (an LR scheduler or a checkpoint that refers to them keeps working), on their device and
-in their dtype (float32 or float64, CPU or CUDA). LR schedulers take the wrapped optimizer,
+in their dtype (float32 or float64, CPU or CUDA; float16 and bfloat16 layers are projected and
+thresholded in float32 and written back rounded).
+
+A step is all or nothing. Gradients are checked before the optimizer reads them, and the stepped
+weights, projections and thresholds before they are committed; a NaN or infinite gradient raises
+:class:`~convexnet.errors.InvalidInputError`, a step that overflows
+:class:`~convexnet.errors.SolverFailedError` (status ``"non_finite"``), and after either (or any other
+exception inside the step) the parameters and the optimizer's state are as they were before it. This
+costs one copy of the parameters and of the optimizer's state per step. LR schedulers take the wrapped optimizer,
 ``scheduler = StepLR(wrapper.optimizer, ...)``: the two share ``param_groups``, so the schedule is
 what ``wrapper.step()`` uses.
 
@@ -45,7 +53,7 @@ import torch
 from . import _training_layers as layer_tools
 from ._torch_capture import effective_tensor
 from ._torch_write import LayerUpdate, write_all
-from ._validation import check_scalar
+from ._validation import check_bool, check_scalar
 from .errors import InvalidInputError
 from .penalties import Penalty
 from .sets import ConstraintSet
@@ -76,10 +84,14 @@ def design_matrix(module: torch.nn.Module) -> torch.Tensor:
 
 # -------------------------------------------------------------------------------- wrappers
 class _OptimizerWrapper:
-    """What a torch optimizer offers, delegated to the wrapped ``optimizer``."""
+    """What a torch optimizer offers, delegated to the wrapped ``optimizer``; steps that undo.
 
-    def __init__(self, optimizer):
+    ``known`` names parameters (by ``id``) in the messages of a failed step.
+    """
+
+    def __init__(self, optimizer, known: dict[int, str] | None = None):
         self.optimizer = optimizer
+        self._known = dict(known or {})
 
     @property
     def param_groups(self) -> list:
@@ -108,8 +120,8 @@ class _OptimizerWrapper:
         """The wrapped optimizer's state dict."""
         return self.optimizer.state_dict()
 
-    def _optimizer_step(self, closure):
-        return self.optimizer.step() if closure is None else self.optimizer.step(closure)
+    def _guarded_step(self, closure, commit):
+        return layer_tools.guarded_step(self.optimizer, self._known, closure, commit)
 
 
 class ProjectedOptimizer(_OptimizerWrapper):
@@ -170,25 +182,54 @@ class ProjectedOptimizer(_OptimizerWrapper):
 
     def __init__(self, optimizer, constraints):
         layer_tools.check_optimizer(optimizer)
-        super().__init__(optimizer)
-        self.constraints: tuple[layer_tools.Constraint, ...] = tuple(layer_tools.check_constraints(optimizer, constraints))
+        checked = tuple(layer_tools.check_constraints(optimizer, constraints))
+        known = {}
+        for constraint in checked:
+            known[id(constraint.weight)] = f"{constraint.label}[0].weight"
+            if constraint.bias is not None:
+                known[id(constraint.bias)] = f"{constraint.label}[0].bias"
+        super().__init__(optimizer, known)
+        self.constraints: tuple[layer_tools.Constraint, ...] = checked
 
     def step(self, closure=None):
-        """One step of the wrapped optimizer, then every projection; returns the closure's loss."""
-        loss = self._optimizer_step(closure)
-        self.project_now()
-        return loss
+        """One step of the wrapped optimizer, then every projection; returns the closure's loss.
+
+        All or nothing (module docstring): on failure the parameters and the optimizer's state
+        are as before the step.
+        """
+        def commit():
+            self._write(self._projections())
+        return self._guarded_step(closure, commit)
 
     def project_now(self) -> None:
-        """Project every listed layer onto its set now (e.g. to make the initial point feasible)."""
+        """Project every listed layer onto its set now (e.g. to make the initial point feasible).
+
+        Every projection is computed and checked before the first is written.
+        """
+        layer_tools.check_weights([(f"{c.label}[0]", layer_tools.layer_matrix(c.weight, c.bias))
+                                   for c in self.constraints])
+        self._write(self._projections())
+
+    def _projections(self) -> list[torch.Tensor]:
+        """Every layer's projection, checked finite, in the layer's dtype; nothing written."""
+        projected = []
         with torch.no_grad():
-            for constraint in self.constraints:
-                matrix = layer_tools.layer_matrix(constraint.weight, constraint.bias)
-                layer_tools.write_matrix(constraint.weight, constraint.bias, constraint.set.project(matrix))
+            for c in self.constraints:
+                matrix = layer_tools.layer_matrix(c.weight, c.bias)
+                projected.append(c.set.project(layer_tools.compute_dtype(matrix)).to(matrix.dtype))
+        layer_tools.check_finite("the projection", [
+            (f"{c.label}[0]", matrix) for c, matrix in zip(self.constraints, projected)])
+        return projected
+
+    def _write(self, projected: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for constraint, matrix in zip(self.constraints, projected):
+                layer_tools.write_matrix(constraint.weight, constraint.bias, matrix)
 
     def is_feasible(self, tol: float = 1e-6) -> bool:
         """Whether every layer's ``[W; b]`` lies in its set, by the set's ``contains(., tol)``."""
-        return all(c.set.contains(layer_tools.layer_matrix(c.weight, c.bias), tol=tol) for c in self.constraints)
+        return all(c.set.contains(layer_tools.compute_dtype(layer_tools.layer_matrix(c.weight, c.bias)),
+                                  tol=tol) for c in self.constraints)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Load the wrapped optimizer's state dict."""
@@ -311,8 +352,7 @@ class RVSM(_OptimizerWrapper):
                 "penalty must be a convexnet.penalties instance: L1(strength), L0(strength) or "
                 f"TransformedL1(strength, a); got {kind}.{advice}")
         self.beta = check_scalar("beta", beta, low=0.0, low_inclusive=False)
-        if not isinstance(penalize_bias, bool):
-            raise InvalidInputError(f"penalize_bias must be True or False; got {penalize_bias!r}.")
+        penalize_bias = check_bool("penalize_bias", penalize_bias)
         layers = layer_tools.named_layers(modules)
         for name, module in layers:
             layer_tools.check_layer(f"modules[{name!r}]", module)
@@ -328,29 +368,43 @@ class RVSM(_OptimizerWrapper):
                 raise InvalidInputError(
                     f"modules: {key} is not among the optimizer's parameters; build the optimizer "
                     "over the model's parameters (model.parameters()).")
-        super().__init__(optimizer)
+        super().__init__(optimizer, {id(tensor): key for key, tensor in tensors})
         self.penalty = penalty
         self.penalize_bias = penalize_bias
         self.layers = layers
         self.splits = [Split(key, tensor, self._threshold(tensor)) for key, tensor in tensors]
 
     def _threshold(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self.penalty.prox(tensor.detach(), step=1.0 / self.beta)
+        value = layer_tools.compute_dtype(tensor.detach())
+        return self.penalty.prox(value, step=1.0 / self.beta).to(tensor.dtype)
 
     def _learning_rates(self) -> dict[int, float]:
         return {id(p): float(group["lr"]) for group in self.optimizer.param_groups
                 for p in group["params"]}
 
     def step(self, closure=None):
-        """Algorithm 1's iteration (class docstring); returns the closure's loss."""
+        """Algorithm 1's iteration (class docstring); returns the closure's loss.
+
+        All or nothing (module docstring): on failure the parameters, the optimizer's state and
+        ``u`` are as before the step.
+        """
         with torch.no_grad():
             couplings = [split.parameter - split.u for split in self.splits]
-        loss = self._optimizer_step(closure)
-        rates = self._learning_rates()
-        with torch.no_grad():
-            for split, coupling in zip(self.splits, couplings):
-                split.parameter.sub_(coupling, alpha=rates[id(split.parameter)] * self.beta)
-                split.u = self._threshold(split.parameter)
+        thresholds = []
+
+        def commit():
+            rates = self._learning_rates()
+            with torch.no_grad():
+                for split, coupling in zip(self.splits, couplings):
+                    split.parameter.sub_(coupling, alpha=rates[id(split.parameter)] * self.beta)
+            layer_tools.check_finite("the coupling step", [(s.name, s.parameter) for s in self.splits])
+            thresholds.extend(self._threshold(split.parameter) for split in self.splits)
+            layer_tools.check_finite("the threshold", [
+                (split.name, u) for split, u in zip(self.splits, thresholds)])
+
+        loss = self._guarded_step(closure, commit)
+        for split, u in zip(self.splits, thresholds):
+            split.u = u
         return loss
 
     def refresh(self) -> None:
