@@ -38,13 +38,14 @@ def _converged(data: ADMMData, state: ADMMState, *, abs_tol: float, rel_tol: flo
     iterate, violates the constraints by at most ``violation_tol`` (relative). The check runs in the
     iteration's dtype against ``VIOLATION_MARGIN * violation_tol``, so that rounding cannot lift the
     result's float64 assessment over ``violation_tol``. The coupled ``"budget"`` loss is judged on the
-    whole layer.
+    whole layer. With several weight terms, the reported point (the first term's prox) must also be
+    within ``violation_tol`` of every set among the others.
     """
     P, N = data.projection.X.shape
-    columns = data.Y.shape[1]
+    columns = data.columns.numel()
     residuals = (state.primal_residual, state.primal_scale, state.dual_residual, state.dual_scale)
     dimension = N + P
-    if data.loss == "budget":
+    if data.coupled:
         residuals = tuple(torch.linalg.vector_norm(value).expand(columns) for value in residuals)
         dimension *= columns
     primal, primal_scale, dual, dual_scale = residuals
@@ -53,9 +54,13 @@ def _converged(data: ADMMData, state: ADMMState, *, abs_tol: float, rel_tol: flo
     if not bool(done.any()):
         return done
     candidates = data if bool(done.all()) else data.select(done)
-    violation = candidates.violation(data.projection.X @ state.W_prox[:, done])
+    reported = state.W_prox[0][:, done]
+    violation = candidates.violation(data.projection.X @ reported)
+    if len(data.weights) > 1:
+        rho = state.rho if state.rho.shape[1] == 1 else state.rho[:, done]
+        violation = torch.maximum(violation, candidates.weight_violation(reported, rho))
     feasible = violation <= VIOLATION_MARGIN * violation_tol
-    if data.loss == "budget":
+    if data.coupled:
         feasible = feasible.all().expand(columns)
     done[done.clone()] = feasible
     return done
@@ -67,7 +72,8 @@ def _balance_rho(state: ADMMState, *, coupled: bool, bounds: tuple[float, float]
 
     Only columns whose balance is off by more than ``RHO_CHANGE_THRESHOLD`` change; the scaled duals are
     divided by the same factor so that the unscaled dual is unchanged. For the coupled ``"budget"`` loss
-    one ``rho`` is balanced on the whole layer (see :func:`prox_output_loss`).
+    one ``rho`` is balanced on the whole layer when a term couples the columns (an indicator that
+    couples them would otherwise be projected in a weighted norm, which has no closed form).
 
     After its ``k``-th change a column's ``rho`` is held for ``check_interval * 2**k`` steps. Balancing
     can otherwise swing ``rho`` between two values for ever (on the spirals demo's first layer columns
@@ -161,7 +167,7 @@ class _Collected:
     def __init__(self, data: ADMMData):
         X = data.projection.X
         P, N = X.shape
-        M = data.Y.shape[1]
+        M = data.columns.numel()
         self.W = torch.zeros((N, M), dtype=X.dtype, device=X.device)
         self.dual = torch.zeros((P, M), dtype=X.dtype, device=X.device)
         self.rho = torch.zeros(M, dtype=X.dtype, device=X.device)
@@ -174,7 +180,7 @@ class _Collected:
         """Write the columns of ``data`` from ``state``, in the original units."""
         columns = data.columns
         index = columns.cpu().numpy()
-        self.W[:, columns] = state.W_prox * (data.column_scale * data.output_scale)
+        self.W[:, columns] = state.W_prox[0] * (data.column_scale * data.output_scale)
         self.dual[:, columns] = state.dual()
         self.rho[columns] = state.rho.reshape(-1).expand(columns.numel())
         self.iterations[index] = iteration
@@ -216,6 +222,23 @@ def check_options(**options) -> None:
     _check_options(values["alpha"], values["abs_tol"], values["rel_tol"], values["violation_tol"],
                    values["max_iterations"], values["check_interval"], values["rho"], values["threads"])
     _resolve_dtype(values["dtype"])
+    _resolve_device(values["device"])
+
+
+def _resolve_device(device) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has, or ``ValueError`` naming it."""
+    if not isinstance(device, (str, torch.device)):
+        raise ValueError(f"device must be a torch device or its name ('cpu', 'cuda', 'cuda:1'); "
+                         f"got {device!r}.")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as error:
+        raise ValueError(f"device={device!r} is not a torch device ({error}); use 'cpu' or "
+                         "'cuda'.") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} asks for CUDA, which is not available here; use "
+                         "device='cpu'.")
+    return resolved
 
 
 def _resolve_dtype(dtype) -> torch.dtype:
@@ -290,7 +313,7 @@ def solve_graph_form(form: GraphForm, *, rho: float | None = None, alpha: float 
     _check_options(alpha, abs_tol, rel_tol, violation_tol, max_iterations, check_interval, rho,
                    threads)
     dtype = _resolve_dtype(dtype)
-    device = torch.device(device)
+    device = _resolve_device(device)
     options = dict(rho=rho, alpha=alpha, abs_tol=abs_tol, rel_tol=rel_tol,
                    violation_tol=violation_tol, max_iterations=max_iterations,
                    check_interval=check_interval, warm_start=warm_start, adaptive_rho=adaptive_rho,
@@ -317,7 +340,7 @@ def _solve(form: GraphForm, *, dtype: torch.dtype, device: torch.device, rho, al
     state = initial_state(data, rho=rho, warm_start=warm_start)
     rho_bounds = (float(state.rho.min()) / RHO_RANGE, float(state.rho.max()) * RHO_RANGE)
     collected = _Collected(data)
-    coupled = form.loss == "budget"
+    coupled = data.coupled
     iteration = 0
     while data.columns.numel() and iteration < max_iterations:
         iteration += 1

@@ -23,14 +23,13 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["GraphForm", "LOSSES", "output_violation"]
+from . import graph_terms
+
+__all__ = ["GraphForm", "LOSSES"]
 
 #: The three forms of ``f`` a :class:`GraphForm` may declare.
 LOSSES = ("budget", "column_budget", "squared")
 
-# A budget smaller than this fraction of ||Y_A||_F is measured against the fraction instead, so that
-# epsilon = 0 (exact interpolation of the active entries) still has a finite relative violation.
-BUDGET_SCALE_FLOOR = 1e-3
 
 
 def _is_tensor(x) -> bool:
@@ -68,6 +67,13 @@ def _float_array(name: str, x, ndim: int):
         raise ValueError(f"GraphForm.{name} must be {ndim}-D; got shape {_shape(x)}.")
     _check_finite(name, x)
     return x
+
+
+def _largest(x) -> float:
+    """``max |x|`` (0 for an empty array), for numpy arrays and tensors."""
+    if _is_tensor(x):
+        return float(x.abs().max()) if x.numel() else 0.0
+    return float(np.abs(x).max()) if x.size else 0.0
 
 
 def _bool_array(name: str, x):
@@ -139,15 +145,34 @@ class GraphForm:
     """
 
     X: object
-    Y: object
-    active: object
+    Y: object = None
+    active: object = None
     V: object = None
     loss: str = "budget"
     epsilon: object = None
     lam: float | None = None
     l1_weights: object = None
+    outputs: tuple = None
+    weights: tuple = None
+    violation_scale: float = None
+
+    @classmethod
+    def from_terms(cls, X, outputs, weights) -> "GraphForm":
+        """The program ``min sum g_i(W) + sum f_j(Z) s.t. Z = X W`` from :mod:`solvers.graph_terms`.
+
+        Parameters
+        ----------
+        X : array, shape (P, N)
+        outputs : sequence of output terms (``QuadraticFit``, ``BallFit``, ``UpperBound``)
+            Each of shape (P, M), with disjoint masks.
+        weights : sequence of weight terms (``WeightedL1``, ``GroupL2``, ``Projection``, ``Prox``)
+        """
+        return cls(X=X, outputs=tuple(outputs), weights=tuple(weights))
 
     def __post_init__(self):
+        if self.outputs is not None:
+            self._check_terms()
+            return
         X = _float_array("X", self.X, 2)
         Y = _float_array("Y", self.Y, 2)
         P, N = _shape(X)
@@ -178,6 +203,49 @@ class GraphForm:
         for name, value in (("X", X), ("Y", Y), ("active", active), ("V", V), ("epsilon", epsilon),
                             ("lam", lam), ("l1_weights", weights)):
             object.__setattr__(self, name, value)
+        # The three named losses are the Net-Trim layer's terms: a fit on the mask (a ball or the
+        # squared loss) and the inequality off it.
+        inactive = ~active if not _is_tensor(active) else ~active
+        if self.loss == "squared":
+            fit = graph_terms.QuadraticFit(Y, active, lam)
+        else:
+            fit = graph_terms.BallFit(Y, active, epsilon, per_column=self.loss == "column_budget")
+        outputs = (fit,) if bool(active.all()) else (fit, graph_terms.UpperBound(V, inactive))
+        scale = max(_largest(Y), _largest(V))
+        object.__setattr__(self, "outputs", outputs)
+        object.__setattr__(self, "weights", (graph_terms.WeightedL1(weights),))
+        object.__setattr__(self, "violation_scale", scale if scale > 0 else 1.0)
+
+    def _check_terms(self) -> None:
+        X = _float_array("X", self.X, 2)
+        P, N = _shape(X)
+        if not self.outputs:
+            raise ValueError("GraphForm.outputs is empty; a program needs at least one output term.")
+        M = self.outputs[0].shape[1]
+        coverage = np.zeros((P, M), dtype=np.int64)
+        for term in self.outputs:
+            if term.shape != (P, M):
+                raise ValueError(f"every output term must have shape {(P, M)}; got {term.shape}.")
+            mask = term.mask.cpu().numpy() if _is_tensor(term.mask) else np.asarray(term.mask)
+            coverage += mask.astype(np.int64)
+        if (coverage > 1).any():
+            raise ValueError("the output terms' masks overlap; each entry of Z may belong to one term.")
+        weights = tuple(self.weights or ()) or (graph_terms.WeightedL1(np.zeros(N)),)
+        scale = max(term.magnitude() for term in self.outputs)
+        object.__setattr__(self, "X", X)
+        object.__setattr__(self, "outputs", tuple(self.outputs))
+        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "violation_scale", scale if scale > 0 else 1.0)
+
+    @property
+    def coupled(self) -> bool:
+        """Whether some term couples the columns (then one ``rho`` serves them all)."""
+        return not all(term.separable for term in (*self.outputs, *self.weights))
+
+    @property
+    def row_scalable(self) -> bool:
+        """Whether every weight term takes a per-row equilibration (else a scalar one is used)."""
+        return all(term.row_scalable for term in self.weights)
 
     def _checked_epsilon(self, M: int):
         epsilon = self.epsilon
@@ -218,50 +286,7 @@ class GraphForm:
     def shape(self) -> tuple[int, int, int]:
         """``(P, N, M)``: samples, features, columns."""
         P, N = _shape(self.X)
-        return P, N, _shape(self.Y)[1]
-
-    def tensors(self, device="cpu", dtype=torch.float64) -> dict[str, torch.Tensor]:
-        """The data as tensors on ``device``: X, Y, V in ``dtype``, active as bool, and l1_weights.
-
-        ``epsilon`` is returned as a tensor of shape (M,) for ``"column_budget"`` and a 0-d tensor for
-        ``"budget"``.
-        """
-        def convert(x, kind):
-            return _as_float64_tensor(x, device).to(kind)
-
-        data = {name: convert(getattr(self, name), dtype) for name in ("X", "Y", "V", "l1_weights")}
-        data["active"] = torch.as_tensor(self.active).to(device=device, dtype=torch.bool)
-        if self.epsilon is not None:
-            data["epsilon"] = convert(self.epsilon, dtype)
-        return data
-
-    def budget_scale(self, data: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The denominators of the budget part of the violation (see Notes of the class).
-
-        Returns a 0-d tensor for ``"budget"`` and shape (M,) for ``"column_budget"``.
-        """
-        Y_active = torch.where(data["active"], data["Y"], torch.zeros_like(data["Y"]))
-        tiny = torch.finfo(data["Y"].dtype).tiny
-        if self.loss == "budget":
-            norm = torch.linalg.vector_norm(Y_active)
-        else:
-            norm = torch.linalg.vector_norm(Y_active, dim=0)
-        return torch.clamp(torch.maximum(data["epsilon"], BUDGET_SCALE_FLOOR * norm), min=tiny)
-
-    def inequality_scale(self, data: dict[str, torch.Tensor]) -> float:
-        """``max(max |Y|, max |V|)``, or 1 when both are zero: the scale of the inequality part."""
-        scale = max((float(data[name].abs().max()) if data[name].numel() else 0.0)
-                    for name in ("Y", "V"))
-        return scale if scale > 0 else 1.0
-
-    def _evaluate(self, W):
-        device = W.device if _is_tensor(W) else "cpu"
-        data = self.tensors(device=device)
-        W = _as_float64_tensor(W, device)
-        P, N, M = self.shape
-        if tuple(W.shape) != (N, M):
-            raise ValueError(f"W must have shape {(N, M)}; got {tuple(W.shape)}.")
-        return data, W, data["X"] @ W
+        return P, N, self.outputs[0].shape[1]
 
     def assess(self, W) -> tuple[float, np.ndarray, torch.Tensor]:
         """Objective, per-column relative violation and ``Z = X @ W`` of ``W``, in one float64 pass.
@@ -273,35 +298,32 @@ class GraphForm:
         Returns
         -------
         objective : float
-            As :meth:`objective`.
+            The weight terms' values plus the output terms' finite parts (indicators add nothing).
         violation : numpy.ndarray, shape (M,)
-            As :meth:`violation` with ``per_column=True``.
+            The largest relative violation of the output terms per column (see Notes of the class);
+            a coupled term's violation is the same in every column.
         Z : torch.Tensor, shape (P, M)
             float64, on ``W``'s device (the CPU for numpy input).
         """
-        data, W, Z = self._evaluate(W)
-        objective = float((data["l1_weights"][:, None] * W.abs()).sum())
-        if self.loss == "squared":
-            residual = torch.where(data["active"], Z - data["Y"], torch.zeros_like(Z))
-            objective += self.lam * float((residual**2).sum())
-        budget_scale = self.budget_scale(data) if self.loss != "squared" else None
-        violation = output_violation(Z, data["Y"], data["active"], data["V"], loss=self.loss,
-                                     epsilon=data.get("epsilon"), budget_scale=budget_scale,
-                                     inequality_scale=self.inequality_scale(data))
+        device = W.device if _is_tensor(W) else "cpu"
+        W = _as_float64_tensor(W, device)
+        P, N, M = self.shape
+        if tuple(W.shape) != (N, M):
+            raise ValueError(f"W must have shape {(N, M)}; got {tuple(W.shape)}.")
+        Z = _as_float64_tensor(self.X, device) @ W
+        outputs = [term.prepare(device=device, dtype=torch.float64, output_scale=1.0)
+                   for term in self.outputs]
+        ones = torch.ones((N, 1), dtype=torch.float64, device=device)
+        objective = sum(float(output.value(Z).sum()) for output in outputs)
+        objective += sum(term.prepare(device=device, dtype=torch.float64, row_scale=ones,
+                                      output_scale=1.0).value(W) for term in self.weights)
+        violation = torch.zeros(M, dtype=torch.float64, device=device)
+        for output in outputs:
+            violation = torch.maximum(violation, output.violation(Z, self.violation_scale))
         return objective, violation.cpu().numpy(), Z
 
     def objective(self, W) -> float:
-        """``g(W)`` plus the finite part of ``f(X @ W)`` (the squared loss; budgets add nothing).
-
-        Parameters
-        ----------
-        W : array or tensor, shape (N, M)
-
-        Returns
-        -------
-        float
-            Evaluated in float64; the indicators are left to :meth:`violation`.
-        """
+        """The weight terms plus the finite part of the output terms at ``W`` (N, M), in float64."""
         return self.assess(W)[0]
 
     def violation(self, W, *, per_column: bool = False):
@@ -311,8 +333,8 @@ class GraphForm:
         ----------
         W : array or tensor, shape (N, M)
         per_column : bool
-            Return one value per column (shape (M,) numpy array) instead of the maximum. For
-            ``"budget"`` the layer's budget part is shared by every column.
+            Return one value per column (shape (M,) numpy array) instead of the maximum. A coupled
+            term's violation is shared by every column.
 
         Returns
         -------
@@ -320,35 +342,3 @@ class GraphForm:
         """
         values = self.assess(W)[1]
         return values if per_column else float(values.max(initial=0.0))
-
-
-def output_violation(Z, Y, active, V, *, loss, epsilon, budget_scale, inequality_scale) -> torch.Tensor:
-    """Relative violation of the constraints of ``f`` at ``Z``, one value per column.
-
-    Parameters
-    ----------
-    Z, Y, V : torch.Tensor, shape (P, M)
-    active : torch.Tensor of bool, shape (P, M)
-    loss : {"budget", "column_budget", "squared"}
-    epsilon : torch.Tensor, 0-d ("budget") or shape (M,) ("column_budget"); None for "squared"
-    budget_scale : torch.Tensor like ``epsilon``
-        The denominators of the budget part (:meth:`GraphForm.budget_scale`).
-    inequality_scale : float
-        The denominator of the inequality part (:meth:`GraphForm.inequality_scale`).
-
-    Returns
-    -------
-    torch.Tensor, shape (M,)
-        ``max(budget part, inequality part)`` per column; for ``"budget"`` the budget part is the
-        layer's and is the same in every column.
-    """
-    excess = torch.where(active, torch.full_like(Z, -math.inf), Z - V)
-    inequality = torch.clamp(excess.amax(dim=0), min=0.0) / inequality_scale if Z.shape[0] else \
-        torch.zeros(Z.shape[1], dtype=Z.dtype, device=Z.device)
-    if loss == "squared":
-        return inequality
-    residual = torch.where(active, Z - Y, torch.zeros_like(Z))
-    norm = torch.linalg.vector_norm(residual) if loss == "budget" else \
-        torch.linalg.vector_norm(residual, dim=0)
-    budget = torch.clamp(norm - epsilon, min=0.0) / budget_scale
-    return torch.maximum(inequality, budget.expand_as(inequality))

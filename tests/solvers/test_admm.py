@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from solvers.admm import check_options, solve_graph_form
-from solvers.admm_operators import GraphProjection, prox_output_loss, soft_threshold
+from solvers import graph_terms
+from solvers.admm_operators import GraphProjection, soft_threshold
 from solvers.graph_form import GraphForm
 
 LOSSES = ("budget", "column_budget", "squared")
@@ -295,11 +296,15 @@ def test_prox_operators_against_naive_loops():
     active = torch.from_numpy(rng.random((P, M)) < 0.6)
     rho = torch.tensor([[0.5, 2.0, 8.0]], dtype=torch.float64)
     epsilon = torch.tensor([0.3, 0.1, 5.0], dtype=torch.float64)
-    helpers = dict(upper=torch.where(active, np.inf, V), active_weight=active.double(),
-                   target_shift=torch.where(active, -Y, 0.0))
     for loss, lam in (("column_budget", None), ("squared", 1.5)):
-        result = prox_output_loss(points, rho, loss=loss, epsilon=epsilon if lam is None else None,
-                                  lam=lam, **helpers).numpy()
+        fit = (graph_terms.BallFit(Y, active, epsilon, per_column=True) if lam is None
+               else graph_terms.QuadraticFit(Y, active, lam))
+        terms = [term.prepare(device="cpu", dtype=torch.float64, output_scale=1.0)
+                 for term in (fit, graph_terms.UpperBound(V, ~active))]
+        result = points
+        for term in terms:
+            result = term.prox(result, points, rho)
+        result = result.numpy()
         for m in range(M):
             on = active[:, m].numpy()
             d, y = points[:, m].numpy(), Y[:, m].numpy()
