@@ -1,13 +1,17 @@
 """Files of the ``convexnet prune`` command: the model, the calibration data, the pruned model.
 
 MODEL
-    * a whole module saved with ``torch.save(model)`` (any suffix but ``.safetensors``), loaded
-      with ``torch.load(..., weights_only=False)``: unpickling runs code from the file, so load only
-      files you trust, and the module's class must be importable;
-    * or a state dict, with ``--arch module:callable`` naming a function that builds the
+    * a state dict, with ``--arch module:callable`` naming a function that builds the
       architecture: a torch file (``torch.save(model.state_dict())``, loaded with
       ``weights_only=True``) or a ``.safetensors`` file. A state dict of a pruned model
-      (``weight_orig``/``weight_mask`` keys) is loaded by re-creating the pruning first.
+      (``weight_orig``/``weight_mask`` keys) is loaded by re-creating the pruning first;
+    * or, only with ``trust_pickle`` (``--trust-pickle``), a whole module saved with
+      ``torch.save(model)`` (any suffix but ``.safetensors``), loaded with
+      ``torch.load(..., weights_only=False)``: unpickling runs code from the file, so this is an
+      explicit opt-in for files you trust, and the module's class must be importable.
+
+    Modules are imported from ``sys.path`` as it is: never from the current folder unless the user
+    put it there (``PYTHONPATH``), so that a stray ``numpy.py`` or ``tqdm.py`` there is not run.
 DATA
     One tensor of calibration inputs: ``.npy`` (``numpy.save``), ``.safetensors`` (a single tensor,
     or the one named ``inputs``) or a torch file (``torch.save(tensor)``, or a dict with key
@@ -16,14 +20,14 @@ OUT
     MODEL's format: a whole module, a torch state dict, or safetensors. Pruning is made permanent
     first (``torch.nn.utils.prune.remove`` on every pruned tensor) so that OUT loads into the plain
     architecture, unless ``keep_masks`` (then ``weight_orig``/``weight_mask`` are saved, and the
-    masks keep the zeros through further training).
+    masks keep the zeros through further training). OUT is replaced atomically
+    (:func:`convexnet._atomic.atomic_write`): it is the old file or the complete new one, even when
+    OUT is MODEL and the run is killed mid-write.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +35,7 @@ import numpy as np
 import torch
 from torch.nn.utils import prune
 
+from ._atomic import atomic_write
 from .errors import InvalidInputError
 
 __all__ = ["LoadedModel", "check_paths", "load_model", "load_calibration", "save_model",
@@ -62,24 +67,23 @@ def check_paths(model_path, data_path, out_path) -> None:
                                 f"give it the suffix {suffix}.")
 
 
-def _importable_here() -> None:
-    # As `python -m` does: modules of the current folder (the user's architecture) can be imported.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+_PYTHONPATH_HINT = ("modules are imported from the installed packages and PYTHONPATH only, never "
+                    "from the current folder: to use a local file, run with "
+                    "PYTHONPATH=/folder/of/the/module")
 
 
 def build_architecture(spec: str) -> torch.nn.Module:
-    """Call ``module:callable`` (importable from the current folder or installed) with no arguments."""
+    """Call ``module:callable`` (imported from ``sys.path`` as it is) with no arguments."""
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise InvalidInputError(f"--arch must be 'module:callable' (e.g. 'mynets:build'); got {spec!r}.")
-    _importable_here()
     try:
         target = importlib.import_module(module_name)
         for part in attribute.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError) as exc:
-        raise InvalidInputError(f"--arch {spec!r} cannot be imported ({exc}).") from None
+        raise InvalidInputError(f"--arch {spec!r} cannot be imported ({exc}); "
+                                f"{_PYTHONPATH_HINT}.") from None
     if not callable(target):
         raise InvalidInputError(f"--arch {spec!r} is not callable.")
     model = target()
@@ -102,14 +106,13 @@ def _read_safetensors(path) -> dict:
 
 
 def _torch_load(path, *, weights_only: bool):
-    if not weights_only:
-        _importable_here()
     try:
         return torch.load(str(path), map_location="cpu", weights_only=weights_only)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        hint = ("; a whole pickled module needs no --arch" if weights_only else
-                "; a whole module's class must be importable (or save a state dict and pass --arch)")
+        hint = ("; a whole pickled module needs --trust-pickle instead of --arch" if weights_only
+                else "; a whole module's class must be importable (" + _PYTHONPATH_HINT
+                + "), or save a state dict and pass --arch")
         raise InvalidInputError(f"cannot read {path} as a torch file ({first}){hint}.") from None
 
 
@@ -130,8 +133,18 @@ def _load_state(model: torch.nn.Module, state: dict, path) -> None:
                                 f"({str(exc).splitlines()[0]} ...).") from None
 
 
-def load_model(path, arch: str | None) -> LoadedModel:
-    """Read MODEL (module docstring)."""
+def load_model(path, arch: str | None, *, trust_pickle: bool = False) -> LoadedModel:
+    """Read MODEL (module docstring): ``arch`` for a state dict, ``trust_pickle`` for a whole module.
+
+    Raises
+    ------
+    InvalidInputError
+        When neither is given for a torch file (nothing is unpickled then), when both are given,
+        or when the file does not hold what they announce.
+    """
+    if arch is not None and trust_pickle:
+        raise InvalidInputError("--arch (a state dict) and --trust-pickle (a whole pickled module) "
+                                "exclude each other; give one.")
     if Path(path).suffix == _SAFETENSORS:
         if arch is None:
             raise InvalidInputError(f"{path} is a safetensors state dict: give --arch "
@@ -143,10 +156,17 @@ def load_model(path, arch: str | None) -> LoadedModel:
         state = _torch_load(path, weights_only=True)
         if not isinstance(state, dict):
             raise InvalidInputError(f"{path} holds a {type(state).__name__}, not a state dict; "
-                                    "drop --arch to load a whole saved module.")
+                                    "for a whole saved module pass --trust-pickle instead of "
+                                    "--arch.")
         model = build_architecture(arch)
         _load_state(model, state, path)
         return LoadedModel(model, "state_dict")
+    if not trust_pickle:
+        raise InvalidInputError(
+            f"{path}: give --arch module:callable when it is a state dict (torch.save("
+            "model.state_dict()) or .safetensors), or --trust-pickle to unpickle a whole module "
+            "saved with torch.save(model); unpickling runs code from the file, so pass "
+            "--trust-pickle for files you trust only.")
     loaded = _torch_load(path, weights_only=False)
     if isinstance(loaded, dict):
         raise InvalidInputError(f"{path} holds a state dict: give --arch module:callable to build "
@@ -195,14 +215,15 @@ def save_model(loaded: LoadedModel, path, *, keep_masks: bool) -> None:
         make_permanent(model)
     state = {key: value.detach().contiguous() for key, value in model.state_dict().items()}
     try:
-        if loaded.format == "module":
-            torch.save(model, str(path))
-        elif loaded.format == "state_dict":
-            torch.save(state, str(path))
-        else:
-            from safetensors.torch import save_file
+        with atomic_write(path) as handle:
+            if loaded.format == "module":
+                torch.save(model, handle)
+            elif loaded.format == "state_dict":
+                torch.save(state, handle)
+            else:
+                from safetensors.torch import save
 
-            # safetensors refuses tensors that share memory (tied weights): independent copies.
-            save_file({key: value.clone() for key, value in state.items()}, str(path))
+                # safetensors refuses tensors that share memory (tied weights): independent copies.
+                handle.write(save({key: value.clone() for key, value in state.items()}))
     except OSError as exc:
         raise InvalidInputError(f"cannot write --out {str(path)!r} ({exc}).") from None

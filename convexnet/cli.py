@@ -7,12 +7,18 @@ Subcommands:
   :mod:`convexnet._torch_io`); ``--save-results DIR`` keeps every layer program and solution.
 * ``convexnet certify``: duality-gap certificates of saved results (``NetTrimResult.save`` files, or
   the directory ``prune --save-results`` wrote), checked independently of the solver.
+
+Safety: nothing is imported from the current folder, a file's code runs only with
+``--trust-pickle``, every file is replaced atomically (``convexnet._atomic``), result names cannot
+leave ``--save-results DIR``, and ``certify DIR`` does not follow links out of DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
 
 from .errors import ConvexnetError, InvalidInputError
 
@@ -65,7 +71,7 @@ def _prune(args) -> int:
     from .nn import trim
 
     _torch_io.check_paths(args.model, args.calibration, args.out)
-    loaded = _torch_io.load_model(args.model, args.arch)
+    loaded = _torch_io.load_model(args.model, args.arch, trust_pickle=args.trust_pickle)
     inputs = _torch_io.load_calibration(args.calibration)
     if args.device is not None:
         try:
@@ -87,22 +93,41 @@ def _prune(args) -> int:
     return 0
 
 
-def _save_results(report, directory) -> None:
-    from pathlib import Path
+_UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
 
+
+def _file_stem(name: str, used: set) -> str:
+    """A file name for a module name that stays inside the folder: only ``[A-Za-z0-9._-]``, no
+    ``..``, no leading dot or dash, and distinct from ``used`` (compared case-insensitively, for
+    file systems that are)."""
+    stem = re.sub(r"\.{2,}", "_", _UNSAFE_CHARACTERS.sub("_", name or "model"))
+    if stem[0] in ".-":
+        stem = "_" + stem[1:]
+    unique, count = stem, 1
+    while unique.lower() in used:
+        count += 1
+        unique = f"{stem}-{count}"
+    used.add(unique.lower())
+    return unique
+
+
+def _save_results(report, directory) -> None:
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
+    used: set = set()
     for layer in report.layers:
         for group, result in enumerate(layer.results):
-            suffix = "" if len(layer.results) == 1 else f".group{group}"
-            result.save(folder / f"{layer.name or 'model'}{suffix}.npz")
+            name = layer.name if len(layer.results) == 1 else f"{layer.name or 'model'}.group{group}"
+            stem = _file_stem(name, used)
+            if stem != (name or "model"):
+                print(f"layer {name!r} saved as {stem}.npz", file=sys.stderr)
+            result.save(folder / f"{stem}.npz")
     print(f"layer programs and solutions saved to {folder}/ (check them: convexnet certify "
           f"{folder})", file=sys.stderr)
 
 
 def _result_files(paths) -> list:
-    from pathlib import Path
-
+    """``(file, why it is skipped or None)`` for the PATH arguments; typed errors for missing ones."""
     files = []
     for text in paths:
         path = Path(text)
@@ -110,37 +135,62 @@ def _result_files(paths) -> list:
             found = sorted(path.glob("*.npz"))
             if not found:
                 raise InvalidInputError(f"{path} holds no .npz result files.")
-            files += found
+            root = path.resolve()
+            for file in found:
+                # A link in DIR may point anywhere; certify reads only what DIR itself holds.
+                target = file.resolve()
+                outside = file.is_symlink() and not target.is_relative_to(root)
+                files.append((file, f"a link out of {path} (to {target})" if outside else None))
         elif path.is_file():
-            files.append(path)
+            files.append((path, None))
         else:
             raise InvalidInputError(f"{path} does not exist; give .npz files written by "
                                     "NetTrimResult.save or a directory of them.")
     return files
 
 
-def _certify(args) -> int:
+def _certify_one(path, args):
+    """``(status, report or None, why)``: status "ok", "FAILED", "unreadable" or "skipped"."""
     import numpy as np
 
     from .certificates import verify
 
-    rows = [f"{'result':<32}{'ok':>4}{'gap':>12}{'relative gap':>14}{'violation':>11}"]
-    all_ok = True
-    for path in _result_files(args.paths):
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                report = verify(dict(saved), gap_tol=args.gap_tol, feas_tol=args.feas_tol)
-        except (OSError, ValueError) as exc:
-            if isinstance(exc, ConvexnetError):
-                raise
-            raise InvalidInputError(f"{path} is not a saved result ({exc}).") from None
-        all_ok &= report.ok
-        rows.append(f"{path.stem:<32}{'yes' if report.ok else 'NO':>4}{report.gap:>12.3e}"
-                    f"{report.relative_gap:>14.3e}{report.primal_violation:>11.2e}")
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            arrays = {key: saved[key] for key in saved.files}
+        report = verify(arrays, gap_tol=args.gap_tol, feas_tol=args.feas_tol)
+    except Exception as exc:
+        # A damaged file fails in many ways (BadZipFile, OSError, EOFError, zlib.error, a missing
+        # or malformed key): each is this file's problem, reported on its row; the others go on.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        kind = "" if isinstance(exc, ConvexnetError) else f"{type(exc).__name__}: "
+        return "unreadable", None, f"not a saved result ({kind}{first})"
+    return ("ok" if report.ok else "FAILED"), report, ""
+
+
+def _certify(args) -> int:
+    files = _result_files(args.paths)
+    width = max(len("result"), *(len(str(path)) for path, _ in files)) + 2
+    rows = [f"{'result':<{width}}{'status':<12}{'gap':>10}{'relative gap':>14}{'violation':>11}"]
+    counts = {"ok": 0, "FAILED": 0, "unreadable": 0, "skipped": 0}
+    for path, skipped in files:
+        status, report, why = ("skipped", None, skipped) if skipped else _certify_one(path, args)
+        counts[status] += 1
+        row = f"{str(path):<{width}}{status:<12}"
+        if report is None:
+            row += why
+        else:
+            row += (f"{report.gap:>10.3e}{report.relative_gap:>14.3e}"
+                    f"{report.primal_violation:>11.2e}")
+        rows.append(row)
     print("\n".join(rows))
-    print("\nall certified" if all_ok else
-          f"\nnot certified at gap_tol={args.gap_tol}, feas_tol={args.feas_tol}")
-    return 0 if all_ok else 1
+    if counts["ok"] == len(files):
+        print("\nall certified")
+        return 0
+    print(f"\n{counts['ok']} certified, {counts['FAILED']} not certified at gap_tol={args.gap_tol}, "
+          f"feas_tol={args.feas_tol}, {counts['unreadable']} unreadable, {counts['skipped']} "
+          "skipped")
+    return 2 if counts["unreadable"] or counts["skipped"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -167,10 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prune the Linear and Conv2d layers of a saved torch model with Net-Trim on "
                     "calibration inputs, print a per-layer report and save the pruned model in "
                     "the input's format.",
-        epilog="MODEL: a whole module saved with torch.save(model), loaded with "
-               "weights_only=False (it runs code from the file: trusted files only), or a state "
-               "dict (.pt or .safetensors) with --arch. DATA: one tensor in .npy, .safetensors or "
-               "a torch file. OUT: MODEL's format; pruning made permanent unless --keep-masks.")
+        epilog="MODEL: a state dict (.pt or .safetensors) with --arch, or, with --trust-pickle, "
+               "a whole module saved with torch.save(model) (unpickling runs code from the file: "
+               "trusted files only). Modules are imported from installed packages and PYTHONPATH, "
+               "never from the current folder. DATA: one tensor in .npy, .safetensors or a torch "
+               "file. OUT: MODEL's format, replaced atomically (the old file or the complete new "
+               "one, nothing written on failure); pruning made permanent unless --keep-masks.")
     prune.add_argument("model", metavar="MODEL", help="the trained model (see below)")
     prune.add_argument("--calibration", required=True, metavar="DATA",
                        help="calibration inputs: one tensor (.npy, .safetensors or torch file)")
@@ -187,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--backend", default="auto", help="solver backend (default: %(default)s)")
     prune.add_argument("--arch", metavar="MODULE:CALLABLE",
                        help="builds the architecture when MODEL is a state dict")
+    prune.add_argument("--trust-pickle", action="store_true",
+                       help="MODEL is a whole pickled module: unpickle it (runs code from the file; "
+                            "trusted files only)")
     prune.add_argument("--layers", metavar="NAMES",
                        help="comma-separated module names to trim (default: every Linear/Conv2d)")
     prune.add_argument("--relu", metavar="NAMES",
@@ -210,8 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     certify = commands.add_parser(
         "certify", help="check saved results by their duality-gap certificates",
         description="Recompute the duality-gap certificate of saved Net-Trim results (numpy only, "
-                    "independent of the solver that produced them). Exit status 0 when every "
-                    "result is certified, 1 when one is not, 2 on bad input.")
+                    "independent of the solver that produced them). Every file gets a row: ok, "
+                    "FAILED (not certified), unreadable (not a saved result), or skipped (a link "
+                    "in a directory PATH that points out of it: not followed).",
+        epilog="Exit status: 0 when every file is certified; 1 when one is not certified and all "
+               "were read; 2 when one is unreadable or skipped, or a PATH is missing or holds no "
+               ".npz files.")
     certify.add_argument("paths", nargs="+", metavar="PATH",
                          help=".npz files from NetTrimResult.save, or directories of them "
                               "(prune --save-results)")

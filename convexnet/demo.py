@@ -11,9 +11,11 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_write
 from ._layer_solve import check_backend
 from .network import check_trim_options, forward, trim_network
 
@@ -192,5 +194,12 @@ def _figure(path, X, labels, grid, before, after, hidden_before, hidden_after, r
     fig.suptitle(f"convexnet demo: cascade Net-Trim, grid agreement "
                  f"{100 * report.grid_agreement:.1f}%")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    # Written atomically, in the format of the suffix (matplotlib's default format, whose suffix it
+    # then appends, when there is none).
+    path = str(path)
+    image_format = Path(path).suffix[1:] or matplotlib.rcParams["savefig.format"]
+    if not Path(path).suffix:
+        path = f"{path}.{image_format}"
+    with atomic_write(path) as handle:
+        fig.savefig(handle, dpi=90, format=image_format)
     plt.close(fig)

@@ -424,7 +424,11 @@ class NetTrimResult:
         """Write the result and its program to an ``.npz`` file that :func:`verify` and
         ``convexnet certify`` read back (keys: ``W_design``, ``dual``, ``status``, ``X_design``, ``Y``,
         ``V``, ``active``, ``form``, ``penalty_weights`` and the budget: ``epsilon``,
-        ``column_budgets`` or ``lam``)."""
+        ``column_budgets`` or ``lam``).
+
+        ``.npz`` is appended to a path that does not end with it (as :func:`numpy.savez_compressed`
+        does); an open binary file is written to as is. A path is written atomically: the file is
+        either left as it was (on any failure, even a kill) or replaced by the complete result."""
         if self.W_design is None:
             raise InvalidInputError(f"this result has no solution to save (status {self.status!r}).")
         problem = self.problem
@@ -437,7 +441,16 @@ class NetTrimResult:
         for name in ("epsilon", "column_budgets", "lam"):
             if getattr(problem, name) is not None:
                 arrays[name] = np.asarray(getattr(problem, name))
-        np.savez_compressed(path, **arrays)
+        if hasattr(path, "write"):
+            np.savez_compressed(path, **arrays)
+            return
+        import os
+
+        from ._atomic import atomic_write
+
+        target = os.fspath(path)
+        with atomic_write(target if target.endswith(".npz") else target + ".npz") as handle:
+            np.savez_compressed(handle, **arrays)
 
     def __repr__(self) -> str:
         P, N, M = self.problem.shape

@@ -1,4 +1,11 @@
-"""The `convexnet` command: demo, certify, and prune -> certify end to end."""
+"""The `convexnet` command: demo, certify, and prune -> certify end to end; what it loads, imports
+and writes (issue 16)."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +31,7 @@ def test_certify_accepts_solver_results_and_rejects_loose_ones(tmp_path, capsys)
     loose.save(tmp_path / "loose.npz")
     assert cli.main(["certify", str(tmp_path)]) == 1
     out = capsys.readouterr().out
-    assert "good" in out and "loose" in out and "NO" in out
+    assert "good.npz   ok" in out and "loose.npz  FAILED" in out
     # A looser tolerance than the solver reached is the user's call, and then it passes.
     assert cli.main(["certify", str(tmp_path / "loose.npz"), "--gap-tol", "1", "--feas-tol", "1"]) == 0
 
@@ -32,15 +39,50 @@ def test_certify_accepts_solver_results_and_rejects_loose_ones(tmp_path, capsys)
 @pytest.mark.parametrize("argv, words", [
     (["certify", "missing.npz"], "does not exist"),
     (["certify", "empty"], "no .npz"),
-    (["certify", "not_a_result.npz"], "not a saved result"),
 ])
-def test_certify_bad_input_is_one_line(tmp_path, monkeypatch, capsys, argv, words):
+def test_certify_missing_paths_are_one_line(tmp_path, monkeypatch, capsys, argv, words):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "not_a_result.npz").write_text("plain text")
     (tmp_path / "empty").mkdir()
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
+
+
+def test_certify_reports_every_file_and_goes_on_past_unreadable_ones(tmp_path, capsys):
+    X, W = layer()
+    cn.NetTrimProblem.from_weights(X, W, lam=2.0).solve("clarabel").save(tmp_path / "a_good.npz")
+    good = (tmp_path / "a_good.npz").read_bytes()
+    # Damaged in three ways: cut short (a zip with no directory), not a zip, a zip without the keys.
+    (tmp_path / "b_truncated.npz").write_bytes(good[: len(good) // 2])
+    (tmp_path / "c_text.npz").write_text("plain text")
+    np.savez(tmp_path / "d_other.npz", weights=np.ones(3))
+    (tmp_path / "e_good.npz").write_bytes(good)
+    assert cli.main(["certify", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    rows = {Path(line.split()[0]).stem: line.split()[1] for line in captured.out.splitlines()[1:6]}
+    assert rows == {"a_good": "ok", "b_truncated": "unreadable", "c_text": "unreadable",
+                    "d_other": "unreadable", "e_good": "ok"}
+    assert "2 certified" in captured.out and "3 unreadable" in captured.out
+    assert "Traceback" not in captured.err
+
+
+def test_certify_does_not_follow_links_out_of_its_directory(tmp_path, capsys):
+    X, W = layer()
+    outside = tmp_path / "elsewhere.npz"
+    cn.NetTrimProblem.from_weights(X, W, lam=2.0).solve("clarabel").save(outside)
+    results = tmp_path / "results"
+    results.mkdir()
+    shutil.copy(outside, results / "inside.npz")
+    (results / "link_in.npz").symlink_to("inside.npz")
+    (results / "link_out.npz").symlink_to(outside)
+    assert cli.main(["certify", str(results)]) == 2
+    out = capsys.readouterr().out
+    assert "inside.npz" in out and "link_in.npz" in out
+    link_row = next(line for line in out.splitlines() if "link_out.npz" in line)
+    assert "skipped" in link_row and "a link out of" in link_row
+    assert "2 certified" in out and "1 skipped" in out
+    # Named as a file, the same link is the user's explicit choice and is read.
+    assert cli.main(["certify", str(results / "link_out.npz")]) == 0
 
 
 def test_prune_saves_results_that_certify_checks(tmp_path, monkeypatch, capsys):
@@ -50,7 +92,7 @@ def test_prune_saves_results_that_certify_checks(tmp_path, monkeypatch, capsys):
     torch.save(model, "model.pt")
     np.save("calibration.npy", np.random.default_rng(0).standard_normal((80, 4)).astype(np.float32))
     assert cli.main(["prune", "model.pt", "--calibration", "calibration.npy", "--rel-epsilon",
-                     "0.05", "--backend", "clarabel", "--out", "pruned.pt",
+                     "0.05", "--backend", "clarabel", "--out", "pruned.pt", "--trust-pickle",
                      "--save-results", "results"]) == 0
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["0.npz", "2.npz"]
     capsys.readouterr()
@@ -76,3 +118,126 @@ def test_demo_rejects_bad_options_before_training(argv, words, capsys):
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
     assert words in captured.err and "[1/3]" not in captured.err
+
+
+TINY_ARCH = '''import torch
+def build():
+    return torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
+'''
+
+
+def tiny_files(folder, arch_folder=None):
+    """A state dict of TINY_ARCH and calibration inputs in ``folder``; TINY_ARCH as
+    ``tiny_arch.py`` in ``arch_folder`` (if given)."""
+    namespace: dict = {}
+    exec(TINY_ARCH, namespace)
+    torch.manual_seed(0)
+    torch.save(namespace["build"]().state_dict(), folder / "model.pt")
+    np.save(folder / "calibration.npy",
+            np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32))
+    if arch_folder is not None:
+        (arch_folder / "tiny_arch.py").write_text(TINY_ARCH)
+
+
+class _RunsCode:
+    """Unpickling this runs code: it creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_prune_unpickles_nothing_without_trust_pickle(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tiny_files(tmp_path)
+    torch.save(_RunsCode(tmp_path / "code_ran"), "model.pt")
+    assert cli.main(["prune", "model.pt", "--calibration", "calibration.npy", "--rel-epsilon",
+                     "0.1", "--out", "pruned.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "--arch" in err and "--trust-pickle" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "code_ran").exists() and not (tmp_path / "pruned.pt").exists()
+    # --arch reads the file with weights_only=True: refused, and the code does not run either.
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "tiny_arch_for_pickle.py").write_text(TINY_ARCH)
+    assert cli.main(["prune", "model.pt", "--arch", "tiny_arch_for_pickle:build", "--calibration",
+                     "calibration.npy", "--rel-epsilon", "0.1", "--out", "pruned.pt"]) == 2
+    assert not (tmp_path / "code_ran").exists()
+
+
+def test_arch_is_not_imported_from_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tiny_files(tmp_path)
+    (tmp_path / "arch_in_cwd_only.py").write_text(TINY_ARCH)
+    assert cli.main(["prune", "model.pt", "--arch", "arch_in_cwd_only:build", "--calibration",
+                     "calibration.npy", "--rel-epsilon", "0.1", "--out", "pruned.pt"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be imported" in err and "PYTHONPATH" in err
+    assert not (tmp_path / "pruned.pt").exists()
+
+
+class _NamesThatLeaveTheFolder(torch.nn.Module):
+    """Layers whose names, used as file names, would leave a folder: an absolute path, and a
+    subfolder that collides with a plain name once sanitized."""
+
+    def __init__(self, absolute):
+        super().__init__()
+        # add_module refuses only names with dots; a slash goes through.
+        self.add_module(absolute, torch.nn.Linear(3, 6))
+        self.add_module("a/b", torch.nn.Linear(6, 4))
+        self.add_module("a_b", torch.nn.Linear(4, 2))
+
+    def forward(self, inputs):
+        for module in self.children():
+            inputs = module(inputs)
+        return inputs
+
+
+def test_save_results_names_stay_in_the_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tiny_files(tmp_path)
+    escaped = tmp_path / "escaped"
+    torch.manual_seed(0)
+    torch.save(_NamesThatLeaveTheFolder(str(escaped)), "model.pt")
+    assert cli.main(["prune", "model.pt", "--trust-pickle", "--calibration", "calibration.npy",
+                     "--rel-epsilon", "0.1", "--backend", "clarabel", "--out", "pruned.pt",
+                     "--save-results", "results"]) == 0
+    written = sorted(path.name for path in (tmp_path / "results").iterdir())
+    assert written == sorted([str(escaped).replace("/", "_") + ".npz", "a_b.npz", "a_b-2.npz"])
+    assert all((tmp_path / "results" / name).is_file() for name in written)
+    assert not escaped.with_suffix(".npz").exists()
+    assert "saved as a_b-2.npz" in capsys.readouterr().err
+    assert cli.main(["certify", "results"]) == 0
+
+
+def _run(argv, cwd, pythonpath):
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("entry", ["script", "python -m"])
+def test_command_runs_nothing_from_the_current_folder(tmp_path, entry):
+    work, arch = tmp_path / "work", tmp_path / "arch"
+    work.mkdir()
+    arch.mkdir()
+    tiny_files(work, arch)
+    # Python itself imports the convexnet package (and numpy) before `-m` hands over; the
+    # console script never has the current folder on its path.
+    shadowed = ["tqdm", "torch"] + (["numpy"] if entry == "script" else [])
+    for name in shadowed:
+        (work / f"{name}.py").write_text(f"open({str(tmp_path / name)!r} + '.ran', 'w').close()\n")
+    command = ([str(Path(sys.executable).parent / "convexnet")] if entry == "script" else
+               [sys.executable, "-m", "convexnet"])
+    result = _run(command + ["prune", "model.pt", "--arch", "tiny_arch:build", "--calibration",
+                             "calibration.npy", "--rel-epsilon", "0.1", "--backend", "clarabel",
+                             "--out", "pruned.pt"], work, arch)
+    assert result.returncode == 0, result.stderr
+    assert (work / "pruned.pt").is_file()
+    assert [name for name in shadowed if (tmp_path / f"{name}.ran").exists()] == []
+
+
+def test_python_m_convexnet_is_the_command(tmp_path):
+    result = _run([sys.executable, "-m", "convexnet", "certify", "--help"], tmp_path, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "usage: convexnet certify" in result.stdout and "Exit status: 0" in result.stdout
