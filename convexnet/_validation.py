@@ -34,6 +34,10 @@ def as_float_array(name: str, x, *, ndim: int | tuple[int, ...] | None = None,
                    dtype=np.float64) -> np.ndarray:
     """Convert ``x`` to a finite floating numpy array, or raise naming ``name``.
 
+    Only real numbers are read: complex data (whose imaginary part a float conversion would drop
+    without a word), strings, objects and dates are refused. A tensor must hold data (not the
+    ``meta`` device) and may have any real dtype (bfloat16 included).
+
     Parameters
     ----------
     name : str
@@ -48,11 +52,13 @@ def as_float_array(name: str, x, *, ndim: int | tuple[int, ...] | None = None,
     if x is None:
         raise InvalidInputError(f"{name} is None; pass an array.")
     if is_tensor(x):
-        x = x.detach().cpu().numpy()
+        x = _tensor_to_numpy(name, x)
     try:
-        arr = np.asarray(x, dtype=dtype)
+        arr = np.asarray(x)
     except (TypeError, ValueError) as exc:
         raise InvalidInputError(f"{name} cannot be read as a numeric array ({exc}).") from None
+    _check_real_dtype(name, arr.dtype)
+    arr = arr.astype(dtype, copy=False)
     if ndim is not None:
         allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
         if arr.ndim not in allowed:
@@ -60,6 +66,37 @@ def as_float_array(name: str, x, *, ndim: int | tuple[int, ...] | None = None,
             raise InvalidInputError(f"{name} must be {want}; got shape {arr.shape}.")
     check_finite_data(name, arr)
     return arr
+
+
+def _check_real_dtype(name: str, dtype) -> None:
+    """Raise unless ``dtype`` holds real numbers (bool, integers or floats)."""
+    if dtype.kind == "c":
+        raise InvalidInputError(f"{name} is complex ({dtype}); pass real data (take .real or "
+                                "abs() yourself if that is what you mean).")
+    if dtype.kind not in "biuf":
+        raise InvalidInputError(f"{name} must hold real numbers; got dtype {dtype} (convert "
+                                "strings or objects to a float array first).")
+
+
+def _tensor_to_numpy(name: str, x) -> np.ndarray:
+    """A tensor's values as a numpy array, or a typed error for a tensor that holds none."""
+    import torch
+
+    if x.device.type == "meta":
+        raise InvalidInputError(f"{name} is a tensor on the 'meta' device, which holds no values; "
+                                "pass a materialized tensor (e.g. after model.to_empty() and "
+                                "loading its weights).")
+    if x.is_complex():
+        raise InvalidInputError(f"{name} is a complex tensor ({x.dtype}); pass real data.")
+    x = x.detach()
+    if x.is_floating_point() and x.dtype not in (torch.float16, torch.float32, torch.float64):
+        # bfloat16 and the float8 types have no numpy dtype; float32 holds them exactly.
+        x = x.to(torch.float32)
+    try:
+        return x.cpu().numpy()
+    except (RuntimeError, TypeError, NotImplementedError) as exc:
+        raise InvalidInputError(f"{name} cannot be read as a dense real tensor ({exc}); pass "
+                                "a dense tensor (sparse: .to_dense()).") from None
 
 
 def check_finite_data(name: str, x) -> None:
@@ -145,14 +182,16 @@ def as_data(name: str, x, *, ndim: int | tuple[int, ...] | None = None):
 
         if x.is_complex():
             raise InvalidInputError(f"{name} is complex; pass real data.")
+        if x.device.type == "meta":
+            raise InvalidInputError(f"{name} is a tensor on the 'meta' device, which holds no "
+                                    "values; pass a materialized tensor.")
         arr = x if x.is_floating_point() else x.to(torch.get_default_dtype())
     else:
         try:
             arr = np.asarray(x)
         except (TypeError, ValueError) as exc:
             raise InvalidInputError(f"{name} cannot be read as a numeric array ({exc}).") from None
-        if arr.dtype.kind not in "biuf":
-            raise InvalidInputError(f"{name} must hold real numbers; got dtype {arr.dtype}.")
+        _check_real_dtype(name, arr.dtype)
         if arr.dtype.kind != "f":
             arr = arr.astype(np.float64)
     if ndim is not None:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._layer_solve import auto_backend_for, check_backend, check_solver_options
-from ._validation import as_float_array, check_exactly_one, check_scalar
+from ._validation import (as_float_array, check_bool, check_exactly_one, check_executor,
+                          check_scalar)
 from .errors import InvalidInputError, SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
 
@@ -165,6 +166,9 @@ def _check_network(weights, biases, X):
     if not isinstance(weights, (list, tuple)) or len(weights) == 0:
         raise InvalidInputError("weights must be a non-empty list of (N_{l-1}, N_l) arrays.")
     X = as_float_array("X", X, ndim=2)
+    if X.shape[0] == 0:
+        raise InvalidInputError("X has no rows (P = 0 samples); pass at least one calibration "
+                                "sample, one per row.")
     weights = [as_float_array(f"weights[{i}]", W, ndim=2) for i, W in enumerate(weights)]
     if biases is None:
         biases = [None] * len(weights)
@@ -180,6 +184,9 @@ def _check_network(weights, biases, X):
                 f"weights[{index}] has shape {W.shape} but its input has {width} features "
                 f"({'X' if index == 0 else f'weights[{index - 1}]'} gives {width}); weights are "
                 "(N_{l-1}, N_l), the transpose of torch's Linear.weight.")
+        if W.shape[1] == 0:
+            raise InvalidInputError(f"weights[{index}] has shape {W.shape}: a layer without "
+                                    "outputs; every layer needs at least one unit.")
         if b is not None and b.shape[0] != W.shape[1]:
             raise InvalidInputError(f"biases[{index}] has shape {b.shape}; expected ({W.shape[1]},).")
         width = W.shape[1]
@@ -252,6 +259,13 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
     """
     gamma = check_trim_options(epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam, mode=mode,
                                gamma=gamma)
+    last_relu = check_bool("last_relu", last_relu)
+    penalize_bias = check_bool("penalize_bias", penalize_bias)
+    split_budget = check_bool("split_budget", split_budget)
+    executor = check_executor("executor", executor)
+    if progress is not None and not callable(progress):
+        raise InvalidInputError(f"progress must be None or a callable taking (layer_index, "
+                                f"n_layers, layer_result); got {progress!r}.")
     weights, biases, X = _check_network(weights, biases, X)
     _check_layer_backends(backend, solver_options, weights, biases, X, lam)
 

@@ -102,22 +102,39 @@ def default_options(backend: str) -> dict:
 
 # Keys CVXPY's Clarabel interface consumes itself instead of passing them to Clarabel's settings.
 _CLARABEL_CVXPY_KEYS = ("use_quad_obj", "accept_unknown")
+# Arguments solve_problem passes to CVXPY itself: in the options they would collide with them.
+_RESERVED_KEYS = {"solver": "backend", "verbose": "verbose", "warm_start": "warm_start"}
 
 
 def check_options(backend: str, options: dict) -> None:
-    """Reject, before any solve, Clarabel options that Clarabel's settings would refuse.
+    """Reject, before any solve, options that the backend's solver would refuse.
 
-    Each option is set on a fresh ``clarabel.DefaultSettings()`` as CVXPY does, so an unknown name or
-    a value of the wrong type raises here, not after compilation. OSQP and SCS options are checked by
-    the solvers themselves when they run.
+    Clarabel: each option is set on a fresh ``clarabel.DefaultSettings()`` as CVXPY does. SCS and
+    OSQP: the solver is set up on a one-variable problem with the options, after the renames CVXPY
+    makes (SCS's ``eps``, ``use_indirect``); that costs about a millisecond and raises for an unknown
+    name or a bad value here, not after compilation (SCS would raise a bare ``TypeError`` mid-solve
+    and OSQP's refusal would come back as status ``"solver_error"``).
 
     Raises
     ------
     TypeError
         Naming the setting, for an unknown name or a wrong type.
+    ValueError
+        For a value the solver refuses.
     """
-    if backend != "clarabel":
-        return
+    for key, argument in _RESERVED_KEYS.items():
+        if key in options:
+            raise TypeError(f"{key!r} is not a solver option here; it is set by convexnet (use "
+                            f"the {argument}= argument of solve).")
+    if backend == "clarabel":
+        _check_clarabel_options(options)
+    elif backend == "scs":
+        _check_scs_options(options)
+    elif backend == "osqp":
+        _check_osqp_options(options)
+
+
+def _check_clarabel_options(options: dict) -> None:
     import clarabel
 
     settings = clarabel.DefaultSettings()
@@ -130,6 +147,42 @@ def check_options(backend: str, options: dict) -> None:
             raise TypeError(f"Clarabel has no setting {name!r}.") from None
         except TypeError:
             raise TypeError(f"Clarabel's setting {name!r} cannot take {value!r}.") from None
+
+
+def _tiny_program():
+    """``minimize x s.t. x >= 0`` as sparse data, for setting a solver up with given options."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    return sp.csc_matrix(np.ones((1, 1))), np.zeros(1), np.ones(1)
+
+
+def _check_scs_options(options: dict) -> None:
+    import scs
+    from cvxpy.reductions.solvers.conic_solvers.scs_conif import SCS
+
+    A, b, c = _tiny_program()
+    settings = SCS.parse_solver_options({**default_options("scs"), **options})
+    try:
+        scs.SCS({"A": -A, "b": b, "c": c}, {"l": 1}, **{**settings, "verbose": False})
+    except TypeError as error:
+        raise TypeError(f"SCS refuses the options {sorted(options)}: {error}.") from None
+    except ValueError as error:
+        raise ValueError(f"SCS refuses the options {sorted(options)}: {error}.") from None
+
+
+def _check_osqp_options(options: dict) -> None:
+    import osqp
+
+    A, b, c = _tiny_program()
+    try:
+        osqp.OSQP().setup(None, c, A, b, b + 1.0, **{**default_options("osqp"), **options,
+                                                   "verbose": False})
+    except TypeError as error:
+        raise TypeError(f"OSQP refuses the options {sorted(options)}: {error}.") from None
+    except Exception as error:  # OSQP reports a bad value as an OSQPException holding a code
+        raise ValueError(f"OSQP refuses the options {sorted(options)} ({type(error).__name__} "
+                         f"{error}); see OSQP's settings for names and ranges.") from None
 
 
 def map_status(raw_status: str | None) -> str:
