@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _layer_solve
-from ._validation import as_float_array, check_exactly_one, check_scalar
+from ._validation import (as_float_array, check_bool, check_exactly_one, check_executor,
+                          check_scalar)
 from .certificates import primal_violation, verify
 from .errors import InvalidInputError
 
@@ -108,10 +109,17 @@ class NetTrimProblem:
             raise InvalidInputError(
                 f"X has {X.shape[0]} rows (samples) but Y has {Y.shape[0]}; both are batch-first, "
                 "one sample per row (transpose data laid out as in the papers, samples as columns).")
+        if X.shape[0] == 0:
+            raise InvalidInputError("X and Y have no rows (P = 0 samples); pass the layer's input "
+                                    "and output on at least one calibration sample.")
+        if Y.shape[1] == 0:
+            raise InvalidInputError("Y has no columns (M = 0 outputs); a layer to trim has at "
+                                    "least one output unit.")
         check_exactly_one({"epsilon": epsilon, "rel_epsilon": rel_epsilon, "lam": lam},
                           " (epsilon or rel_epsilon: constrained form; lam: regularized form)")
-        relu, bias, penalize_bias, split_budget = (bool(relu), bool(bias), bool(penalize_bias),
-                                                   bool(split_budget))
+        relu, bias = check_bool("relu", relu), check_bool("bias", bias)
+        penalize_bias = check_bool("penalize_bias", penalize_bias)
+        split_budget = check_bool("split_budget", split_budget)
         if relu and (Y < 0).any():
             raise InvalidInputError(
                 "Y has negative entries but relu=True: Y must be the ReLU layer's output (>= 0); "
@@ -272,6 +280,15 @@ class NetTrimProblem:
         if not isinstance(certify, (bool, dict)):
             raise InvalidInputError(f"certify must be True, False or a dict of tolerances; "
                                     f"got {certify!r}.")
+        if isinstance(certify, dict):
+            unknown = sorted(set(certify) - {"gap_tol", "feas_tol"}, key=str)
+            if unknown:
+                raise InvalidInputError(f"certify has unknown keys {unknown}; the tolerances it "
+                                        "may set are 'gap_tol' and 'feas_tol'.")
+            certify = {key: check_scalar(f"certify[{key!r}]", value, low=0.0)
+                       for key, value in certify.items()}
+        executor = check_executor("executor", executor)
+        verbose = check_bool("verbose", verbose)
         start = time.perf_counter()
         fallback = "clarabel" if requested.lower() == "auto" and backend == "admm" else None
         raw = _layer_solve.solve_layer(self, backend, solver_options=solver_options,
