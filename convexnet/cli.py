@@ -71,6 +71,10 @@ def _prune(args) -> int:
     from .nn import trim
 
     _torch_io.check_paths(args.model, args.calibration, args.out)
+    if args.save_results is not None and Path(args.save_results).exists() \
+            and not Path(args.save_results).is_dir():
+        raise InvalidInputError(f"--save-results {args.save_results!r} is a file; give a folder "
+                                "(created if missing).")
     loaded = _torch_io.load_model(args.model, args.arch, trust_pickle=args.trust_pickle)
     inputs = _torch_io.load_calibration(args.calibration)
     if args.device is not None:

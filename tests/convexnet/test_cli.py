@@ -241,3 +241,15 @@ def test_python_m_convexnet_is_the_command(tmp_path):
     result = _run([sys.executable, "-m", "convexnet", "certify", "--help"], tmp_path, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "usage: convexnet certify" in result.stdout and "Exit status: 0" in result.stdout
+
+
+def test_save_results_onto_a_file_is_refused_before_anything_is_written(tmp_path, monkeypatch,
+                                                                         capsys):
+    monkeypatch.chdir(tmp_path)
+    tiny_files(tmp_path)
+    (tmp_path / "results").write_text("a file, not a folder")
+    assert cli.main(["prune", "model.pt", "--trust-pickle", "--calibration", "calibration.npy",
+                     "--rel-epsilon", "0.1", "--out", "pruned.pt", "--save-results",
+                     "results"]) == 2
+    assert "--save-results" in capsys.readouterr().err
+    assert not (tmp_path / "pruned.pt").exists()
