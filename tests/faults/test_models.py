@@ -357,8 +357,8 @@ def test_bfloat16_model_is_solved_in_float64_and_written_in_bfloat16(mode):
 
 
 # ------------------------------------------------------------- item 12: training steps
-def training_setup(kind, optimizer_class=torch.optim.Adam):
-    model = mlp(sizes=(5, 6, 3))
+def training_setup(kind, optimizer_class=torch.optim.Adam, device="cpu"):
+    model = mlp(sizes=(5, 6, 3)).to(device)
     optimizer = optimizer_class(model.parameters(), lr=0.01)
     if kind == "projected":
         wrapper = training.ProjectedOptimizer(optimizer, [(model[0], sets.L1Ball(2.0)),
@@ -465,3 +465,16 @@ def test_meta_layers_are_refused_by_the_training_wrappers():
     with pytest.raises(cn.InvalidInputError, match="penalize_bias must be True or False"):
         training.RVSM(torch.optim.SGD(model.parameters(), lr=0.1), model, penalties.L1(0.1),
                       beta=0.1, penalize_bias="no")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kind", ["projected", "rvsm"])
+def test_nan_gradient_on_cuda_leaves_the_model_unchanged(kind):
+    model, wrapper = training_setup(kind, device="cuda")
+    model(data().cuda()).square().mean().backward()
+    model[0].bias.grad[0] = float("inf")
+    before = snapshot(model)
+    with pytest.raises(cn.InvalidInputError, match="0.bias|constraints"):
+        wrapper.step()
+    assert_bit_identical(model, before)
