@@ -4,10 +4,11 @@ Declare pruning programs (Net-Trim for a layer or a network, norm balls, sparsit
 objects, verify dual certificates, and swap solver backends with one argument.
 """
 
-from . import certificates, errors, penalties, sets
+from . import certificates, errors, fits, penalties, sets
 from .errors import BackendUnavailableError, ConvexnetError, InvalidInputError, SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
 from .network import NetworkResult, trim_network
+from .programs import ProgramResult, SparsityProgram
 
 __version__ = "0.1.0"
 
@@ -18,9 +19,12 @@ __all__ = [
     "NetTrimProblem",
     "NetTrimResult",
     "NetworkResult",
+    "ProgramResult",
     "SolverFailedError",
+    "SparsityProgram",
     "certificates",
     "errors",
+    "fits",
     "penalties",
     "sets",
     "trim_network",

@@ -55,6 +55,42 @@ class ConstraintSet(Parametrized):
     relaxation: str = ""
     # The numbers of dimensions x may have (None: any), checked before any work.
     _ndim: int | tuple[int, ...] | None = None
+    # As a term of a SparsityProgram (on W of shape (N, M)): a constraint; separable when it is one
+    # set per column; a subspace (a cone closed under any row scaling, whose dual part is its
+    # orthogonal complement) or bounded (its support function is finite everywhere).
+    is_constraint = True
+    separable = False
+    subspace = False
+
+    def violation(self, W) -> float:
+        """Relative distance to the set: ``||W - project(W)||_F / max(1, ||W||_F)`` (0 inside)."""
+        W = as_numpy(W)
+        size = max(1.0, float(np.linalg.norm(W)))
+        return float(np.linalg.norm(W - as_numpy(self.project(W)))) / size
+
+    def graph_term(self):
+        """The set as an ADMM weight term (:class:`solvers.graph_terms.Projection`)."""
+        from solvers import graph_terms
+
+        return graph_terms.Projection(self.project, separable=self.separable,
+                                      scale_invariant=self.subspace)
+
+    def dual_part(self, S):
+        """Split ``S`` (N, M) for the conjugate of a sum of terms: ``(cost, remainder)``.
+
+        A subspace ``C`` takes the part of ``S`` orthogonal to it at no cost (its support function
+        is 0 on ``C``'s orthogonal complement) and leaves ``project(S)``; a bounded convex set takes
+        all of ``S`` at the cost of its support function ``sigma_C(S) = sup_{W in C} <S, W>``.
+        Costs are per column (shape (M,)) for separable sets, floats otherwise.
+        """
+        if self.subspace:
+            return 0.0, as_numpy(self.project(S))
+        return self.support(S), np.zeros_like(S)
+
+    def support(self, S):
+        """The support function ``sup_{W in C} <S, W>``; sets without one cannot be certified."""
+        raise NotImplementedError(f"{type(self).__name__} has no support function here, so "
+                                  "programs that use it get no duality-gap certificate.")
 
     def project(self, x):
         """The Euclidean projection of ``x`` onto the set, of ``x``'s kind, dtype and device."""

@@ -276,6 +276,9 @@ def verify(result, *, gap_tol: float = GAP_TOL, feas_tol: float = FEAS_TOL) -> C
     >>> verify(saved).ok
     True
     """
+    program = getattr(result, "program", None)
+    if program is not None:
+        return _verify_program(result, program, gap_tol=gap_tol, feas_tol=feas_tol)
     W = _read(result, "W_design")
     if W is None:
         raise InvalidInputError(
@@ -301,6 +304,17 @@ def verify(result, *, gap_tol: float = GAP_TOL, feas_tol: float = FEAS_TOL) -> C
                        _read(source, "V"), W, _read(result, "dual"),
                        l1_weights=_read(source, "penalty_weights"), gap_tol=gap_tol,
                        feas_tol=feas_tol, **budgets)
+
+
+def _verify_program(result, program, *, gap_tol, feas_tol):
+    """:func:`verify` of a :class:`~convexnet.programs.ProgramResult` (any convex program)."""
+    from .programs.duality import certify_program
+
+    if result.W is None:
+        raise InvalidInputError(f"result has no solution to certify (status {result.status!r}).")
+    gap_tol = check_scalar("gap_tol", gap_tol, low=0.0)
+    feas_tol = check_scalar("feas_tol", feas_tol, low=0.0)
+    return certify_program(program, result.W, result.dual, gap_tol=gap_tol, feas_tol=feas_tol)
 
 
 def _read(source, name):

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 from solvers import prox as kernels
 
-from ._base import Parametrized, nonconvex_error
-from ._validation import as_data, check_scalar, is_tensor
+import numpy as np
 
-__all__ = ["Penalty", "L1", "L0", "TransformedL1"]
+from ._base import Parametrized, nonconvex_error
+from ._validation import as_data, as_float_array, check_scalar, is_tensor
+from .errors import InvalidInputError
+
+__all__ = ["Penalty", "L1", "GroupL1", "L0", "TransformedL1"]
 
 
 class Penalty(Parametrized):
@@ -37,9 +40,34 @@ class Penalty(Parametrized):
 
     convex: bool = True
     alternative: str = ""
+    # As a term of a SparsityProgram (on W of shape (N, M)): not a constraint; separable when it is
+    # a sum of per-column terms (an entrywise penalty is).
+    is_constraint = False
+    separable = True
+    subspace = False
 
-    def __init__(self, strength: float):
+    def __init__(self, strength: float = 1.0):
         self.strength = check_scalar("strength", strength, low=0.0)
+
+    def graph_term(self):
+        """The penalty as an ADMM weight term: any prox (:class:`solvers.graph_terms.Prox`)."""
+        from solvers import graph_terms
+
+        return graph_terms.Prox(self.prox, separable=self.separable)
+
+    def dual_part(self, S, W=None):
+        """Split ``S`` (N, M) for the conjugate of a sum: ``(0, S - S_1)``.
+
+        A convex penalty's conjugate is the indicator of its dual-norm ball, so any ``S_1`` in the
+        ball costs nothing. Without ``W``, ``S_1`` is the projection of ``S`` onto the ball; with a
+        primal ``W``, the subgradient of the penalty at ``W`` closest to ``S`` (exact at an optimum,
+        where ``S - S_1`` is what the sets must pay for). Nonconvex penalties have no conjugate here.
+        """
+        if not self.convex:
+            raise NotImplementedError(f"{type(self).__name__} is nonconvex: no duality-gap "
+                                      "certificate applies.")
+        taken = self._dual_ball(S) if W is None else self._subgradient_near(S, W)
+        return 0.0, S - taken
 
     def value(self, x):
         """``strength * sum_i rho(x_i)``: a float for numpy input, a 0-d tensor for a tensor."""
@@ -63,22 +91,149 @@ class Penalty(Parametrized):
 
 
 class L1(Penalty):
-    r"""The l1 norm ``strength * sum_i |x_i|``; its prox is the soft threshold at ``step * strength``.
+    r"""The l1 norm ``strength * sum_i c_i |x_i|``; its prox is the soft threshold at ``step * strength * c``.
 
     .. math:: \operatorname{prox}(x)_i = \operatorname{sign}(x_i)\max(|x_i| - \text{step}\cdot
-              \text{strength}, 0).
+              \text{strength}\cdot c_i, 0).
+
+    Parameters
+    ----------
+    strength : float, default 1.0
+    weights : array_like, optional
+        Non-negative ``c``, broadcast against ``x``; for a matrix ``W`` (N, M) a vector of length N
+        weighs the rows (0 leaves a row, such as a bias row, unpenalized). Default: all ones.
     """
 
+    def __init__(self, strength: float = 1.0, weights=None):
+        super().__init__(strength)
+        self.weights = None
+        if weights is not None:
+            weights = as_float_array("weights", weights, ndim=(1, 2))
+            if (weights < 0).any():
+                raise InvalidInputError("weights must be >= 0 (0 leaves an entry unpenalized).")
+            self.weights = weights
+
+    def _parameters(self) -> dict:
+        if self.weights is None:
+            return {"strength": self.strength}
+        return {"strength": self.strength, "weights": f"<array {self.weights.shape}>"}
+
+    def _weights_for(self, x):
+        """``c`` shaped to broadcast against ``x``: a row vector of a matrix's length becomes (N, 1)."""
+        weights = self.weights
+        if weights.ndim == 1 and x.ndim == 2 and weights.shape[0] == x.shape[0]:
+            weights = weights[:, None]
+        try:
+            np.broadcast_shapes(weights.shape, tuple(x.shape))
+        except ValueError:
+            raise InvalidInputError(f"L1 weights of shape {self.weights.shape} do not fit x of shape "
+                                    f"{tuple(x.shape)}; give (N,) for a matrix (N, M), or x's shape.") from None
+        if is_tensor(x):
+            import torch
+
+            return torch.as_tensor(weights, device=x.device).to(x.dtype)
+        return weights
+
     def _value(self, x):
-        return abs(x)
+        return abs(x) if self.weights is None else self._weights_for(x) * abs(x)
 
     def _prox(self, x, weight):
-        return kernels.prox_l1(x, step=weight)
+        if self.weights is None:
+            return kernels.prox_l1(x, step=weight)
+        return kernels.prox_l1(x, step=weight * self._weights_for(x))
 
     def _cvxpy(self, expr):
         import cvxpy as cp
 
-        return self.strength * cp.sum(cp.abs(expr))
+        if self.weights is None:
+            return self.strength * cp.sum(cp.abs(expr))
+        return self.strength * cp.sum(cp.multiply(self._weights_for(expr), cp.abs(expr)))
+
+    def graph_term(self):
+        from solvers import graph_terms
+
+        weights = np.ones(1) if self.weights is None else self.weights
+        return graph_terms.WeightedL1(self.strength * weights)
+
+    def full_weights(self, shape) -> np.ndarray:
+        """``strength * c`` broadcast to ``shape`` (N, M)."""
+        weights = np.ones(shape) if self.weights is None else np.broadcast_to(
+            self._weights_for(np.empty(shape)), shape)
+        return self.strength * weights
+
+    def _dual_ball(self, S):
+        bound = self.full_weights(S.shape)
+        return np.clip(S, -bound, bound)
+
+    def _subgradient_near(self, S, W):
+        bound = self.full_weights(S.shape)
+        return np.where(W != 0, bound * np.sign(W), np.clip(S, -bound, bound))
+
+
+class GroupL1(Penalty):
+    r"""The group l1 (group lasso) penalty: ``strength * sum_g ||W_g||_2`` over rows or columns.
+
+    ``axis=1`` (default): the groups are the rows of ``W`` (N, M), the l2 norm of each row; a zero
+    row is an input unit of the layer that can be removed (neuron / channel pruning). ``axis=0``: the
+    groups are the columns (output units). Its prox is the group soft threshold
+    ``W_g * max(0, 1 - step * strength / ||W_g||)``.
+
+    Parameters
+    ----------
+    strength : float, default 1.0
+    axis : {1, 0}
+    """
+
+    def __init__(self, strength: float = 1.0, axis: int = 1):
+        super().__init__(strength)
+        if isinstance(axis, bool) or axis not in (0, 1):
+            raise InvalidInputError(f"axis must be 1 (rows: input units) or 0 (columns: output "
+                                    f"units); got {axis!r}.")
+        self.axis = int(axis)
+        self.separable = self.axis == 0
+
+    def _parameters(self) -> dict:
+        return {"strength": self.strength, "axis": self.axis}
+
+    def value(self, x):
+        x = as_data("x", x, ndim=2)
+        if is_tensor(x):
+            import torch
+
+            return self.strength * torch.linalg.vector_norm(x, dim=self.axis).sum()
+        return self.strength * float(np.linalg.norm(x, axis=self.axis).sum())
+
+    def prox(self, x, step: float):
+        step = check_scalar("step", step, low=0.0)
+        x = as_data("x", x, ndim=2)
+        if is_tensor(x):
+            import torch
+
+            norms = torch.linalg.vector_norm(x, dim=self.axis, keepdim=True)
+            scale = torch.clamp(1.0 - step * self.strength / torch.clamp(norms, min=1e-300), min=0.0)
+        else:
+            norms = np.linalg.norm(x, axis=self.axis, keepdims=True)
+            scale = np.maximum(1.0 - step * self.strength / np.maximum(norms, 1e-300), 0.0)
+        return x * scale
+
+    def _cvxpy(self, expr):
+        import cvxpy as cp
+
+        return self.strength * cp.sum(cp.norm(expr, 2, axis=self.axis))
+
+    def graph_term(self):
+        from solvers import graph_terms
+
+        return graph_terms.GroupL2(self.strength, self.axis)
+
+    def _dual_ball(self, S):
+        norms = np.linalg.norm(S, axis=self.axis, keepdims=True)
+        return S * np.minimum(1.0, self.strength / np.maximum(norms, 1e-300))
+
+    def _subgradient_near(self, S, W):
+        norms = np.linalg.norm(W, axis=self.axis, keepdims=True)
+        direction = self.strength * W / np.maximum(norms, 1e-300)
+        return np.where(norms > 0, direction, self._dual_ball(S))
 
 
 class L0(Penalty):

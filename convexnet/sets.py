@@ -44,6 +44,7 @@ __all__ = [
     "Subspace",
     "ConvolutionSubspace",
     "NetTrimSet",
+    "Mask",
 ]
 
 
@@ -74,6 +75,15 @@ class L1Ball(RadiusBall):
     def __init__(self, radius: float, *, axis: int | None = None):
         super().__init__(radius)
         self.axis = None if axis is None else check_integer("axis", axis)
+        self.separable = self.axis == 0
+
+    def support(self, S):
+        """``radius * max |S|`` (per slice, summed, when ``axis`` is set; per column for axis 0)."""
+        magnitudes = np.abs(as_numpy(S))
+        if self.axis is None:
+            return self.radius * float(magnitudes.max(initial=0.0))
+        largest = magnitudes.max(axis=self.axis, initial=0.0)
+        return self.radius * largest if self.axis == 0 else self.radius * float(largest.sum())
 
     def _parameters(self) -> dict:
         return {"radius": self.radius, "axis": self.axis}
@@ -103,10 +113,16 @@ class L1InfBall(RadiusBall):
     CPU or the GPU. ``project`` also takes a batch ``(..., N, M)``.
     """
 
+    separable = True
+
     def _project(self, x):
         if x.ndim < 2:
             raise InvalidInputError(f"x must be a matrix (N, M); got shape {tuple(x.shape)}.")
         return prox.project_l1_inf_ball(x, radius=self.radius)
+
+    def support(self, S) -> np.ndarray:
+        """``radius * max_n |S[n, m]|`` per column (the dual norm sums them)."""
+        return self.radius * np.abs(as_numpy(S)).max(axis=0, initial=0.0)
 
     def norm(self, x) -> np.ndarray:
         """``max_j ||W[:, j]||_1`` (per matrix of a batch), in float64."""
@@ -136,6 +152,10 @@ class SumOfMaxBall(RadiusBall):
         """``sum_i max_j |W[i, j]|``, in float64."""
         return float(np.sum(np.max(np.abs(as_numpy(x)), axis=1)))
 
+    def support(self, S) -> float:
+        """``radius * max_i sum_j |S[i, j]|``: the dual norm of ``sum_i max_j |W[i, j]|``."""
+        return self.radius * float(np.abs(as_numpy(S)).sum(axis=1).max(initial=0.0))
+
     def _constraints(self, expr):
         import cvxpy as cp
 
@@ -157,6 +177,10 @@ class NuclearBall(RadiusBall):
     def norm(self, x) -> np.ndarray:
         """The nuclear norm (per matrix of a batch), in float64."""
         return np.sum(np.linalg.svd(as_numpy(x), compute_uv=False), axis=-1)
+
+    def support(self, S) -> float:
+        """``radius * ||S||_2``: the spectral norm is the nuclear norm's dual."""
+        return self.radius * float(np.linalg.norm(as_numpy(S), 2))
 
     def _constraints(self, expr):
         import cvxpy as cp
@@ -242,6 +266,8 @@ class Subspace(ConstraintSet):
     ``constraints(expr)`` introduces coefficients ``c`` (a new CVXPY variable of length ``d``) with
     ``vec(expr) == Q c`` (C order), which avoids forming the ``n x n`` complement projector.
     """
+
+    subspace = True
 
     def __init__(self, basis, *, shape: tuple[int, ...] | None = None):
         basis = as_float_array("basis", basis, ndim=2)
@@ -468,3 +494,69 @@ class NetTrimSet(ConstraintSet):
         if not self.omega.all():
             constraints.append(Z[~self.omega] <= self.V[~self.omega])
         return constraints
+
+
+class Mask(ConstraintSet):
+    r"""Weights fixed to zero off a given support: ``{W : W[i, j] = 0 where support[i, j] is False}``.
+
+    Parameters
+    ----------
+    support : array_like of bool, shape (N, M)
+        True where a weight may be nonzero (a pruning mask: ``W != 0`` of a pruned layer).
+
+    ``project`` zeroes the entries off the support; ``contains(W, tol)`` checks
+    ``max |W| off the support <= tol * max(1, max |W|)``; ``constraints(expr)`` fixes those entries to
+    0. As a program term it is one set per column and a subspace (its dual part is the complement).
+
+    Example
+    -------
+    >>> import numpy as np
+    >>> from convexnet import sets
+    >>> sets.Mask(np.array([[True, False]])).project(np.array([[2.0, 3.0]]))
+    array([[2., 0.]])
+    """
+
+    subspace = True
+    separable = True
+
+    def __init__(self, support):
+        if is_tensor(support):
+            support = support.detach().cpu().numpy()
+        support = np.asarray(support)
+        if support.dtype != np.bool_:
+            if support.dtype.kind not in "biu" or not np.isin(support, (0, 1)).all():
+                raise InvalidInputError(f"support must be boolean (or 0/1); got dtype {support.dtype}.")
+            support = support.astype(bool)
+        if support.ndim != 2:
+            raise InvalidInputError(f"support must be a matrix (N, M); got shape {support.shape}.")
+        self.support_mask = support
+
+    def _parameters(self) -> dict:
+        return {"shape": self.support_mask.shape, "kept": int(self.support_mask.sum())}
+
+    def _check(self, x) -> None:
+        if tuple(x.shape[-2:]) != self.support_mask.shape:
+            raise InvalidInputError(f"x must have the support's shape {self.support_mask.shape}; "
+                                    f"got {tuple(x.shape)}.")
+
+    def _project(self, x):
+        self._check(x)
+        if is_tensor(x):
+            import torch
+
+            return x * torch.as_tensor(self.support_mask, device=x.device).to(x.dtype)
+        return np.where(self.support_mask, x, 0.0).astype(x.dtype, copy=False)
+
+    def _contains(self, x, tol):
+        self._check(x)
+        values = np.abs(as_numpy(x))
+        off = values[..., ~self.support_mask]
+        return bool(np.all(off <= tol * max(1.0, float(values.max(initial=0.0)))))
+
+    def _constraints(self, expr):
+        self._check(expr)
+        if self.support_mask.all():
+            return []
+        import cvxpy as cp
+
+        return [cp.multiply((~self.support_mask).astype(float), expr) == 0]

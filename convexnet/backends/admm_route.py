@@ -1,0 +1,70 @@
+"""The batched graph-form ADMM (:mod:`solvers.admm`) as a backend.
+
+The program is handed over as its graph form (:meth:`SparsityProgram.to_graph_form`): each fit term
+becomes an output term with a closed-form prox, each penalty and set a weight term with its own copy of
+``W`` (no closed form of the prox of their sum is assumed). The reported ``W`` is the first weight
+term's prox (the soft-thresholded iterate for an l1 penalty: exact zeros). Nonconvex terms run through
+their prox too; such a result is ``"stationary"``, never ``"optimal"``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from . import Solution
+
+__all__ = ["ADMMBackend", "VIOLATION_TOL"]
+
+#: The ADMM backend's default relative violation tolerance (``solvers.admm``'s ``violation_tol``).
+VIOLATION_TOL = 1e-4
+
+
+class ADMMBackend:
+    """``backend="admm"``: every term that has a prox or a projection."""
+
+    name = "admm"
+
+    def accepts(self, program) -> str | None:
+        for term in program.weight_terms:
+            try:
+                term.graph_term()
+            except Exception as error:  # a set without a projection says why
+                return f"{type(term).__name__} has no prox or projection here ({error})"
+        return None
+
+    def solve(self, program, options: dict, verbose: bool = False) -> Solution:
+        from solvers import admm
+
+        options = {"violation_tol": VIOLATION_TOL, **options}
+        try:
+            admm.check_options(**options)
+        except (TypeError, ValueError) as error:
+            raise InvalidInputError(f"solver_options for backend='admm': {error}") from None
+        out = admm.solve_graph_form(program.to_graph_form(), verbose=verbose, **options)
+        W = _onto_sets(program, np.asarray(out.W, dtype=float))
+        status = out.status
+        if not program.convex and status in ("optimal", "optimal_inaccurate"):
+            status = "stationary"
+        tol = options["violation_tol"]
+        return Solution(W, np.asarray(out.dual, dtype=float), status,
+                        out.solve_time, out.setup_time, out.iterations,
+                        {"primal_residual": out.primal_residual, "dual_residual": out.dual_residual,
+                         "admm": out}, {"gap_tol": tol, "feas_tol": tol})
+
+
+def _onto_sets(program, W: np.ndarray) -> np.ndarray:
+    """The reported point moved onto the program's sets, when that lowers its violation.
+
+    ADMM reports the first weight term's prox (exact zeros for an l1 penalty), which meets the sets
+    only to the solver's tolerance. Projecting it onto the set (for the balls of the catalog, a
+    projection that keeps zeros) makes it feasible; with several sets a few rounds of alternating
+    projections are tried. The point is kept only if its violation drops.
+    """
+    if not program.sets:
+        return W
+    candidate = W
+    for _ in range(1 if len(program.sets) == 1 else 10):
+        for term in program.sets:
+            candidate = np.asarray(term.project(candidate), dtype=float)
+    return candidate if program.violation(candidate) < program.violation(W) else W

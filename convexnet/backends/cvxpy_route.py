@@ -1,0 +1,80 @@
+"""Clarabel, SCS and OSQP through :meth:`SparsityProgram.to_cvxpy`.
+
+Clarabel and SCS take every convex program of the catalog as CVXPY compiles it (second-order cones for
+budgets and group norms, a semidefinite cone for the nuclear ball). OSQP takes quadratic programs only;
+it reaches a program whose one non-quadratic part is a :class:`~convexnet.fits.Budget` by the
+reduction of :mod:`convexnet.backends.osqp_budget` (the budget form equals the squared-loss form at the
+right multiplier, found by a safeguarded root search).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from solvers import cvxpy_backend
+
+from ..errors import InvalidInputError
+from . import Solution
+
+__all__ = ["CVXPYBackend", "backends", "solve_cvxpy"]
+
+#: Failed statuses: no point to report.
+NO_SOLUTION = {"solver_error", "unbounded", "infeasible"}
+
+
+def solve_cvxpy(program, backend: str, options: dict, verbose: bool, *, warm_start: bool = False,
+                lowered=None) -> Solution:
+    """Lower ``program`` to CVXPY (or use ``lowered = (problem, W)``), solve it, read ``W`` and ``Lambda``."""
+    problem, W = lowered if lowered is not None else program.to_cvxpy()
+    info = cvxpy_backend.solve_problem(problem, backend, options=options, warm_start=warm_start,
+                                       verbose=verbose)
+    extra = {"raw_status": info.raw_status}
+    if info.status in NO_SOLUTION or W.value is None:
+        return Solution(None, None, info.status, info.solve_time, info.compile_time,
+                        info.iterations, extra)
+    dual = problem.constraints[0].dual_value
+    dual = None if dual is None else -np.asarray(dual, dtype=float)
+    return Solution(np.asarray(W.value, dtype=float), dual, info.status, info.solve_time,
+                    info.compile_time, info.iterations, extra)
+
+
+def check_options(backend: str, options: dict) -> None:
+    """Options a solver would refuse, as :class:`InvalidInputError` before any work."""
+    try:
+        cvxpy_backend.check_options(backend, options)
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(f"solver_options for backend={backend!r}: {error}") from None
+
+
+class CVXPYBackend:
+    """One CVXPY solver as a backend (``clarabel``, ``scs`` or ``osqp``)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def accepts(self, program) -> str | None:
+        if not program.convex:
+            nonconvex = [type(term).__name__ for term in program.terms if not getattr(term, "convex", True)]
+            return (f"{', '.join(nonconvex)} is nonconvex and {self.name} needs convex programs "
+                    "(a prox method can take it)")
+        if self.name != "osqp":
+            return None
+        from . import osqp_budget
+
+        return osqp_budget.reason_to_refuse(program)
+
+    def solve(self, program, options: dict, verbose: bool = False) -> Solution:
+        check_options(self.name, options)
+        if self.name == "osqp":
+            from . import osqp_budget
+
+            if osqp_budget.budgets(program):
+                return osqp_budget.solve(program, options, verbose)
+        solution = solve_cvxpy(program, self.name, options, verbose)
+        solution.tolerances = {"gap_tol": 1e-6, "feas_tol": 1e-6}
+        return solution
+
+
+def backends() -> list:
+    """A backend for each CVXPY solver installed here."""
+    return [CVXPYBackend(name) for name in cvxpy_backend.installed_backends()]

@@ -1,0 +1,316 @@
+r"""The sparsity program: terms, their evaluation, and the lowerings a backend asks for.
+
+.. math::
+
+    \min_W \; \sum_j f_j(X W) + \sum_i p_i(W) \quad \text{subject to} \quad W \in C_k \text{ for all } k,
+
+with ``X`` of shape ``(P, N)``, ``W`` of shape ``(N, M)``. The fit terms ``f_j`` (:mod:`convexnet.fits`)
+act on disjoint masks of ``Z = X W``; the penalties ``p_i`` (:mod:`convexnet.penalties`) and the sets
+``C_k`` (:mod:`convexnet.sets`) act on ``W``. Each term knows its meaning (value, violation, CVXPY
+lowering, ADMM prox, conjugate); the program only adds them up, and backends ask the terms.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .._validation import as_float_array, check_bool
+from ..errors import InvalidInputError
+from ..fits import FitTerm
+
+__all__ = ["SparsityProgram", "ProgramResult"]
+
+
+def _as_list(terms, name: str) -> list:
+    if terms is None:
+        return []
+    if isinstance(terms, (list, tuple)):
+        return list(terms)
+    if isinstance(terms, np.ndarray) or not hasattr(terms, "__dict__"):
+        raise InvalidInputError(f"{name} must be a term object or a list of them; got {terms!r}.")
+    return [terms]
+
+
+class SparsityProgram:
+    """``minimize fit(X @ W) + penalty(W)`` subject to ``W`` in every set of ``constraints``.
+
+    Parameters
+    ----------
+    X : array_like, shape (P, N)
+        The data, one sample per row.
+    fit : FitTerm or list of FitTerm
+        Terms on ``Z = X @ W`` (:mod:`convexnet.fits`), all of shape ``(P, M)``, with disjoint masks.
+    penalty : penalty or list of penalties, optional
+        Terms on ``W`` (:mod:`convexnet.penalties`).
+    constraints : sequence of sets, optional
+        Sets ``W`` must lie in (:mod:`convexnet.sets`), each of ``W``'s shape ``(N, M)``.
+
+    Attributes
+    ----------
+    fits, penalties, sets : list
+    convex : bool
+        Every term is convex: backends may certify an optimum.
+    separable : bool
+        Every term is a sum of per-column terms: the columns are independent programs.
+
+    Examples
+    --------
+    >>> import numpy as np, convexnet as cn
+    >>> from convexnet import fits, penalties, sets
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.standard_normal((30, 6)); Y = X @ rng.standard_normal((6, 2))
+    >>> prog = cn.SparsityProgram(X, fit=fits.Squared(Y, weight=10.0), penalty=penalties.L1(1.0),
+    ...                           constraints=[sets.L1InfBall(2.0)])
+    >>> res = prog.solve(backend="clarabel")
+    >>> res.status, bool(cn.certificates.verify(res).ok)
+    ('optimal', True)
+    """
+
+    def __init__(self, X, fit, penalty=None, constraints=()):
+        self.X = as_float_array("X", X, ndim=2)
+        P, N = self.X.shape
+        if P == 0 or N == 0:
+            raise InvalidInputError(f"X must have at least one row and one column; got shape {(P, N)}.")
+        self.fits = _as_list(fit, "fit")
+        self.penalties = _as_list(penalty, "penalty")
+        self.sets = _as_list(constraints, "constraints")
+        if not self.fits:
+            raise InvalidInputError("fit is empty; give at least one fit term (convexnet.fits).")
+        for term in self.fits:
+            if not isinstance(term, FitTerm):
+                raise InvalidInputError(f"fit terms come from convexnet.fits (Squared, Budget, Below); "
+                                        f"got {term!r}.")
+        for term in self.penalties:
+            if getattr(term, "is_constraint", None) is not False:
+                raise InvalidInputError(f"penalty terms come from convexnet.penalties; got {term!r} "
+                                        "(sets go in constraints=).")
+        for term in self.sets:
+            if getattr(term, "is_constraint", None) is not True:
+                raise InvalidInputError(f"constraints come from convexnet.sets; got {term!r} "
+                                        "(penalties go in penalty=).")
+        shapes = {term.shape for term in self.fits}
+        if len(shapes) != 1:
+            raise InvalidInputError(f"every fit term must have the same shape (P, M); got {sorted(shapes)}.")
+        (shape,) = shapes
+        if shape[0] != P:
+            raise InvalidInputError(f"the fit terms have {shape[0]} rows but X has {P}; both are "
+                                    "batch-first, one sample per row.")
+        if shape[1] == 0:
+            raise InvalidInputError("the fit terms have no columns (M = 0).")
+        coverage = sum(term.mask.astype(np.int64) for term in self.fits)
+        if (coverage > 1).any():
+            raise InvalidInputError("the fit terms' masks overlap: each entry of Z = X @ W may belong "
+                                    "to one fit term (Net-Trim: a fit on Omega, Below off it).")
+        self.M = shape[1]
+
+    # ----------------------------------------------------------------------------- structure
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(P, N, M)``: samples, inputs, outputs."""
+        return self.X.shape[0], self.X.shape[1], self.M
+
+    @property
+    def terms(self) -> list:
+        """Every term: fits, then penalties, then sets."""
+        return [*self.fits, *self.penalties, *self.sets]
+
+    @property
+    def weight_terms(self) -> list:
+        """The terms on ``W``: penalties, then sets (the order ADMM gives its weight copies)."""
+        return [*self.penalties, *self.sets]
+
+    @property
+    def convex(self) -> bool:
+        return all(getattr(term, "convex", True) for term in self.terms)
+
+    @property
+    def separable(self) -> bool:
+        return all(term.separable for term in self.terms)
+
+    @property
+    def output_scale(self) -> float:
+        """The largest magnitude of any fit term's data (1 when all are 0): relative violations of
+        bounds on ``Z`` are measured against it."""
+        scale = max(term.scale() for term in self.fits)
+        return scale if scale > 0 else 1.0
+
+    # ---------------------------------------------------------------------------- evaluation
+    def objective(self, W) -> float:
+        """``sum_j f_j(X W) + sum_i p_i(W)`` (indicators left to :meth:`violation`)."""
+        W = self._check_weights(W)
+        Z = self.X @ W
+        return (sum(term.value(Z) for term in self.fits)
+                + sum(float(term.value(W)) for term in self.penalties))
+
+    def violation(self, W, *, per_column: bool = False):
+        """The largest relative violation over the constraint terms (0 when ``W`` is feasible).
+
+        Fit terms measure theirs per column (:mod:`convexnet.fits`), sets by the relative distance
+        ``||W - project(W)|| / max(1, ||W||)``. ``per_column=True`` returns the fits' part per column
+        with the sets' (whole-matrix) part added to every column.
+        """
+        W = self._check_weights(W)
+        Z = self.X @ W
+        scale = self.output_scale
+        columns = np.zeros(self.M)
+        for term in self.fits:
+            columns = np.maximum(columns, term.violation(Z, scale))
+        sets = max((term.violation(W) for term in self.sets), default=0.0)
+        columns = np.maximum(columns, sets)
+        return columns if check_bool("per_column", per_column) else float(columns.max(initial=0.0))
+
+    def _check_weights(self, W) -> np.ndarray:
+        W = as_float_array("W", W, ndim=2)
+        expected = (self.X.shape[1], self.M)
+        if W.shape != expected:
+            raise InvalidInputError(f"W must have shape {expected} (N, M); got {W.shape}.")
+        return W
+
+    # ----------------------------------------------------------------------------- lowerings
+    def to_cvxpy(self):
+        """The program as a CVXPY problem, to solve or to compose with other constraints.
+
+        Returns
+        -------
+        problem : cvxpy.Problem
+            Variables ``W`` (N, M) and ``Z`` (P, M); ``problem.constraints[0]`` is ``Z == X @ W``,
+            whose dual value, negated, is the dual ``Lambda`` of the certificates.
+        W : cvxpy.Variable, shape (N, M)
+
+        Raises
+        ------
+        InvalidInputError
+            For a nonconvex term (CVXPY needs convex programs); the message names what to use.
+        """
+        import cvxpy as cp
+
+        P, N, M = self.shape
+        W = cp.Variable((N, M), name="W")
+        Z = cp.Variable((P, M), name="Z")
+        constraints = [Z == self.X @ W]
+        objective = 0.0
+        for term in self.fits:
+            expression, extra = term.cvxpy(Z)
+            objective = objective + expression
+            constraints += extra
+        for term in self.penalties:
+            objective = objective + term.cvxpy(W)
+        for term in self.sets:
+            constraints += term.constraints(W)
+        return cp.Problem(cp.Minimize(objective), constraints), W
+
+    def to_graph_form(self):
+        """The program in the ADMM engine's terms (:class:`solvers.graph_form.GraphForm`)."""
+        from solvers.graph_form import GraphForm
+
+        return GraphForm.from_terms(self.X, [term.graph_term() for term in self.fits],
+                                    [term.graph_term() for term in self.weight_terms])
+
+    def replace(self, *, fit=None) -> "SparsityProgram":
+        """The same program with other fit terms (penalties and sets kept)."""
+        return SparsityProgram(self.X, fit=self.fits if fit is None else fit,
+                               penalty=self.penalties, constraints=self.sets)
+
+    # -------------------------------------------------------------------------------- solving
+    def solve(self, backend: str = "auto", *, solver_options: dict | None = None,
+              certify: bool | dict = True, verbose: bool = False) -> "ProgramResult":
+        """Solve the program with ``backend`` and return a checked result.
+
+        Parameters
+        ----------
+        backend : {"auto", "clarabel", "osqp", "scs", "admm"}
+            See :mod:`convexnet.backends`; a backend that cannot take this program raises
+            :class:`~convexnet.errors.BackendUnavailableError` naming the ones that can, before any
+            work.
+        solver_options : dict, optional
+            The backend's options (CVXPY solver keywords, or ADMM options).
+        certify : bool or dict, default True
+            Attach :func:`convexnet.certificates.verify`'s report (convex programs); a dict overrides
+            its tolerances. A result whose certificate fails is never reported ``"optimal"``.
+        verbose : bool
+            Print the solver's log.
+
+        Returns
+        -------
+        ProgramResult
+        """
+        from .. import backends
+        from ..certificates import verify
+
+        if not isinstance(certify, (bool, dict)):
+            raise InvalidInputError(f"certify must be True, False or a dict of tolerances; got {certify!r}.")
+        if solver_options is not None and not isinstance(solver_options, dict):
+            raise InvalidInputError(f"solver_options must be a dict; got {type(solver_options).__name__}.")
+        engine = backends.select(self, backend)
+        start = time.perf_counter()
+        raw = engine.solve(self, dict(solver_options or {}), verbose=bool(verbose))
+        result = ProgramResult(program=self, backend=raw.backend or engine.name, status=raw.status,
+                               solve_time=raw.solve_time, compile_time=raw.compile_time,
+                               iterations=raw.iterations, dual=raw.dual, info=raw.info)
+        if raw.W is not None:
+            result.W = raw.W
+            result.objective = self.objective(raw.W)
+            result.violation = self.violation(raw.W)
+        if certify is not False and result.W is not None and self.convex:
+            tolerances = dict(raw.tolerances)
+            tolerances.update(certify if isinstance(certify, dict) else {})
+            result.certificate = verify(result, **tolerances)
+            if not result.certificate.ok and result.status == "optimal":
+                result.status = "optimal_inaccurate"
+        result.wall_time = time.perf_counter() - start
+        return result
+
+
+@dataclass
+class ProgramResult:
+    """The outcome of :meth:`SparsityProgram.solve`.
+
+    Attributes
+    ----------
+    W : ndarray, shape (N, M) or None
+        The solution (None when the backend found none).
+    status : str
+        ``"optimal"``, ``"optimal_inaccurate"``, ``"infeasible"``, ``"unbounded"``,
+        ``"max_iterations"``, ``"solver_error"``, or ``"stationary"`` (a nonconvex program: the prox
+        method converged to a stationary point, which no certificate can call optimal).
+    objective : float
+        The program's objective at ``W`` (``inf`` without a solution).
+    violation : float
+        The relative constraint violation at ``W`` (:meth:`SparsityProgram.violation`).
+    dual : ndarray, shape (P, M) or None
+        ``Lambda``, the dual of ``Z = X @ W`` (the gradient of the fit at the solution).
+    solve_time, compile_time, wall_time : float
+    iterations : object
+    backend : str
+    program : SparsityProgram
+    certificate : CertificateReport or None
+    info : dict
+    """
+
+    program: SparsityProgram
+    backend: str
+    status: str
+    solve_time: float = 0.0
+    compile_time: float = 0.0
+    wall_time: float = 0.0
+    W: np.ndarray | None = None
+    objective: float = float("inf")
+    violation: float = float("nan")
+    dual: np.ndarray | None = None
+    iterations: object = None
+    certificate: object = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of exact zeros in ``W``."""
+        return float(np.mean(self.W == 0)) if self.W is not None else float("nan")
+
+    def __repr__(self) -> str:
+        P, N, M = self.program.shape
+        return (f"ProgramResult(status={self.status!r}, backend={self.backend!r}, shape=({N}, {M}), "
+                f"sparsity={self.sparsity:.3f}, objective={self.objective:.6g}, "
+                f"violation={self.violation:.2e}, solve_time={self.solve_time:.3f}s)")
