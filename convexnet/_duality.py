@@ -30,6 +30,35 @@ INEQUALITY_ACTIVE_TOL = 1e-4
 CANCEL_TOL = 1e-10
 
 
+# np.linalg.norm squares the entries: beyond these norms a square can overflow (over 1e154) or an
+# entry's square underflow while it still matters (norms below 1e-146), so the data is rescaled.
+_SAFE_NORMS = (1e-100, 1e100)
+
+
+def stable_norm(x, axis=None):
+    """``||x||_2`` (Frobenius for a matrix; per slice when ``axis`` is given) at any scale.
+
+    Equal to ``np.linalg.norm(x, axis=axis)`` where that is exact; data near float64's limits (1e150
+    or 1e-150, say) is divided by its largest magnitude first, so that no square overflows or
+    underflows. Returns a float for ``axis=None``, else an array.
+    """
+    x = np.asarray(x, dtype=float)
+    with np.errstate(over="ignore", under="ignore"):
+        norm = np.linalg.norm(x, axis=axis)
+    if np.all((norm >= _SAFE_NORMS[0]) & (norm <= _SAFE_NORMS[1]) | (norm == 0) & ~np.any(x)):
+        return float(norm) if axis is None else norm
+    largest = np.max(np.abs(x), axis=axis, keepdims=True, initial=0.0)
+    divisor = np.where(largest > 0, largest, 1.0)
+    norm = np.linalg.norm(x / divisor, axis=axis) * np.squeeze(largest, axis=axis)
+    return float(norm) if axis is None else norm
+
+
+def root_mean_square(x) -> float:
+    """``sqrt(mean(x^2))`` of all entries of ``x``, at any scale (0 for empty ``x``)."""
+    x = np.asarray(x)
+    return stable_norm(x) / np.sqrt(x.size) if x.size else 0.0
+
+
 @dataclass(frozen=True)
 class LayerLoss:
     """The data-fit part ``f(Z)`` of the layer program.
@@ -60,13 +89,14 @@ def dual_objective_parts(Y, V, active, dual, loss: LayerLoss, *, per_column: boo
     linear = -np.sum(Y * xi, axis=0) - np.sum(V * mu, axis=0)
     quadratic = np.zeros_like(linear)
     if loss.kind == "regularized":
-        quadratic = np.sum(xi ** 2, axis=0) / (4.0 * loss.lam)
+        # (||xi|| / (2 sqrt(lam)))^2, not sum(xi^2) / (4 lam): xi^2 leaves float64 at 1e155.
+        quadratic = (stable_norm(xi, axis=0) / (2.0 * np.sqrt(loss.lam))) ** 2
     elif loss.kind == "per_column":
-        linear = linear - loss.budgets * np.linalg.norm(xi, axis=0)
+        linear = linear - loss.budgets * stable_norm(xi, axis=0)
     if per_column:
         return linear, quadratic
     if loss.kind == "coupled":
-        return float(linear.sum()) - loss.epsilon * float(np.linalg.norm(xi)), 0.0
+        return float(linear.sum()) - loss.epsilon * stable_norm(xi), 0.0
     return float(linear.sum()), float(quadratic.sum())
 
 
@@ -113,8 +143,8 @@ def cancel_unpenalized(X, active, dual, unpenalized) -> tuple[np.ndarray, tuple[
         if rows.any():
             correction = np.linalg.lstsq(X_free[rows].T, residual, rcond=None)[0]
             dual[rows, m] -= correction
-            size = np.linalg.norm(X_free) * np.linalg.norm(dual[:, m])
-            if np.linalg.norm(X_free.T @ dual[:, m]) <= CANCEL_TOL * max(size, 1.0):
+            size = stable_norm(X_free) * stable_norm(dual[:, m])
+            if stable_norm(X_free.T @ dual[:, m]) <= CANCEL_TOL * max(size, 1.0):
                 continue
         dual[:, m] = 0.0
         dropped.append(m)
@@ -140,8 +170,10 @@ def bounded_least_squares(matrix, target, free_count: int) -> np.ndarray:
         return values
 
     solution = solve_on(passive)
-    scale = max(float(np.abs(matrix).sum(axis=0).max(initial=0.0)), 1.0)
-    threshold = 10.0 * np.finfo(float).eps * scale * max(float(np.abs(target).max(initial=0.0)), 1.0)
+    # Round-off in the gradient, relative to the data: a floor of 1 would hide every gradient of
+    # data at 1e-150 (and the dual built from it would certify nothing).
+    scale = float(np.abs(matrix).sum(axis=0).max(initial=0.0))
+    threshold = 10.0 * np.finfo(float).eps * scale * float(np.abs(target).max(initial=0.0))
     for _ in range(3 * count):
         gradient = matrix.T @ (target - matrix @ solution)
         candidates = bounded & ~passive & (gradient > threshold)
@@ -226,7 +258,7 @@ def construct_dual(X, Y, V, active, W, weights, loss: LayerLoss) -> np.ndarray:
         else:
             coefficients[m] = fit(m, None)
     if loss.kind == "coupled" and budget_mode[0] == "direction":
-        informative = np.linalg.norm(residual, axis=0) > 0
+        informative = stable_norm(residual, axis=0) > 0
         shared = float(np.median(coefficients[informative])) if informative.any() else 0.0
         for m in range(M):
             fit(m, shared)
@@ -239,8 +271,8 @@ def _budget_mode(residual, loss: LayerLoss) -> list[str]:
     if loss.kind == "regularized":
         return ["direction"] * M
     if loss.kind == "coupled":
-        return [_mode(float(np.linalg.norm(residual)), loss.epsilon)] * M
-    return [_mode(norm, budget) for norm, budget in zip(np.linalg.norm(residual, axis=0), loss.budgets)]
+        return [_mode(stable_norm(residual), loss.epsilon)] * M
+    return [_mode(norm, budget) for norm, budget in zip(stable_norm(residual, axis=0), loss.budgets)]
 
 
 def _mode(norm: float, budget: float) -> str:
@@ -288,9 +320,9 @@ def align_to_support(X, Y, V, active, dual, W, weights) -> np.ndarray:
         correction = np.linalg.lstsq(X_eq[rows].T, residual, rcond=None)[0]
         column = dual[:, m].copy()
         column[rows] -= correction
-        size = np.linalg.norm(X_eq) * max(np.linalg.norm(column), 1.0)
-        small = np.linalg.norm(correction) <= ALIGN_TOL * np.linalg.norm(dual[:, m])
-        if small and np.linalg.norm(X_eq.T @ column - target) <= CANCEL_TOL * size:
+        size = stable_norm(X_eq) * max(stable_norm(column), 1.0)
+        small = stable_norm(correction) <= ALIGN_TOL * stable_norm(dual[:, m])
+        if small and stable_norm(X_eq.T @ column - target) <= CANCEL_TOL * size:
             aligned[:, m] = column
     return aligned
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from solvers import cvxpy_backend
 
+from ._duality import root_mean_square, stable_norm
 from .errors import BackendUnavailableError, InvalidInputError
 
 __all__ = ["RawSolution", "ColumnProgram", "auto_backend_for", "backend_options", "check_backend",
@@ -329,6 +330,12 @@ class ScaledLayer:
     dual ``Lambda' = s_x Lambda``, while the objective is multiplied by ``s_x / s_y``. Solvers'
     absolute tolerances then mean the same thing for a link-normalized network (outputs near
     1e-4) as for a trained one.
+
+    ``s_x`` is the RMS of the penalized columns of ``X_design``. An unpenalized column (a bias left
+    out of the l1 term) is divided by its own RMS instead, which the objective does not see: a ones
+    column beside inputs of 1e-150 would otherwise need weights of 1e-150 next to weights of 1, and
+    the solver would call the layer infeasible. (Dividing penalized columns by their own RMS too would
+    need l1 weights of every size, which Clarabel fails on.) ``x_scale`` holds each column's divisor.
     """
 
     X_design: np.ndarray
@@ -341,8 +348,9 @@ class ScaledLayer:
     epsilon: float | None
     column_budgets: np.ndarray | None
     decoupled: bool
-    x_scale: float
+    x_scale: np.ndarray
     y_scale: float
+    dual_scale: float
 
     def columns(self, index: np.ndarray) -> "ScaledLayer":
         """The same layer restricted to the output columns ``index`` (decoupled forms only)."""
@@ -352,19 +360,24 @@ class ScaledLayer:
 
     @classmethod
     def of(cls, problem) -> "ScaledLayer":
-        sx = float(np.sqrt(np.mean(problem.X_design ** 2))) or 1.0
-        sy = float(np.sqrt(np.mean(problem.Y ** 2))) or 1.0
-        return cls(problem.X_design / sx, problem.Y / sy, problem.V / sy, problem.active,
+        X = problem.X_design
+        penalized = problem.penalty_weights > 0
+        # Root mean squares without squaring the data: inputs of 1e160 would overflow.
+        sx = root_mean_square(X[:, penalized]) or 1.0
+        own = stable_norm(X, axis=0) / np.sqrt(X.shape[0])
+        x_scale = np.where(penalized, sx, np.where(own > 0, own, 1.0))
+        sy = root_mean_square(problem.Y) or 1.0
+        return cls(X / x_scale, problem.Y / sy, problem.V / sy, problem.active,
                    problem.penalty_weights, problem.form,
                    None if problem.lam is None else problem.lam * sx * sy,
                    None if problem.epsilon is None else problem.epsilon / sy,
                    None if problem.column_budgets is None else problem.column_budgets / sy,
-                   problem.decoupled, sx, sy)
+                   problem.decoupled, x_scale, sy, sx)
 
     def unscale(self, raw: RawSolution) -> RawSolution:
         if raw.W_design is not None:
-            raw.W_design = raw.W_design * (self.y_scale / self.x_scale)
-            raw.dual = raw.dual / self.x_scale
+            raw.W_design = raw.W_design * (self.y_scale / self.x_scale[:, None])
+            raw.dual = raw.dual / self.dual_scale
         return raw
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._duality import LayerLoss, construct_dual, repair_dual
+from ._duality import LayerLoss, construct_dual, repair_dual, stable_norm
 from ._uniqueness import (
     LayerUniquenessCertificate,
     UniquenessCertificate,
@@ -219,7 +219,7 @@ def duality_gap(X, Y, active, V, W, dual=None, *, epsilon=None, column_budgets=N
     residual = np.where(active, Z - Y, 0.0)
     primal = float(np.sum(weights[:, None] * np.abs(W)))
     if loss.kind == "regularized":
-        primal += loss.lam * float(np.sum(residual ** 2))
+        primal += (np.sqrt(loss.lam) * stable_norm(residual)) ** 2
     budget_violation = _budget_violation(residual, Y, loss)
     inequality_violation = _inequality_violation(Z, Y, V, active)
     violation = max(budget_violation, inequality_violation)
@@ -372,12 +372,11 @@ def _budget_violation(residual, Y, loss: LayerLoss) -> float:
     if loss.kind == "regularized":
         return 0.0
     if loss.kind == "coupled":
-        excess, budget = max(float(np.linalg.norm(residual)) - loss.epsilon, 0.0), loss.epsilon
+        excess, budget = max(stable_norm(residual) - loss.epsilon, 0.0), loss.epsilon
     else:
-        excess = float(np.linalg.norm(np.maximum(np.linalg.norm(residual, axis=0) - loss.budgets,
-                                                 0.0)))
-        budget = float(np.linalg.norm(loss.budgets))
-    scale = budget if budget > 0 else (float(np.linalg.norm(Y)) or 1.0)
+        excess = stable_norm(np.maximum(stable_norm(residual, axis=0) - loss.budgets, 0.0))
+        budget = stable_norm(loss.budgets)
+    scale = budget if budget > 0 else (stable_norm(Y) or 1.0)
     return excess / scale
 
 

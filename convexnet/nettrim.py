@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import _layer_solve
+from ._duality import root_mean_square, stable_norm
 from ._validation import (as_float_array, check_bool, check_exactly_one, check_executor,
                           check_scalar)
 from .certificates import primal_violation, verify
@@ -68,10 +69,15 @@ class NetTrimProblem:
         ``epsilon_m = epsilon * ||Y[:, m]||_2 / ||Y||_F`` (their squares sum to ``epsilon^2``). Columns
         then decouple and are solved independently.
     zero_tol : float, default 1e-6
-        Cleaning rule for exact zeros: an entry with ``|U[n, m]| <= zero_tol * max_n |U[n, m]|`` is
-        set to 0. The constraints are then re-checked: while cleaning would raise the relative
-        violation above ``max(violation before cleaning, feas_tol)``, the tolerance is divided by 10
-        (three times at most, then the solution is kept as the backend returned it).
+        Cleaning rule for exact zeros. An entry's size is what it adds to the outputs,
+        ``c[n, m] = |U[n, m]| rms(X_design[:, n])``, and it is set to 0 when ``c[n, m] <= zero_tol *
+        max(max_n c[n, m], max(rms(Y), rms(V)) / sqrt(N_design))``: relative to the column's
+        largest, with a floor at the size of one term of a dense layer that produces outputs of
+        ``Y``'s size, so that a column that should be 0 (a dead unit, ``Y[:, m] = 0``) is exactly 0
+        and rescaling an input, or the data, changes nothing. The constraints are then re-checked:
+        while cleaning would raise the relative violation above ``max(violation before cleaning,
+        feas_tol)``, the tolerance is divided by 10 (three times at most, then the solution is
+        kept as the backend returned it).
     feas_tol : float, default 1e-6
         The relative violation that cleaning may introduce (the certificates' default tolerance).
 
@@ -161,15 +167,15 @@ class NetTrimProblem:
                                             f"shape ({Y.shape[1]},); got {column_budgets.shape}.")
                 if (column_budgets < 0).any():
                     raise InvalidInputError("epsilon must be >= 0 in every column.")
-                self.epsilon = float(np.linalg.norm(column_budgets))
+                self.epsilon = stable_norm(column_budgets)
             elif epsilon is not None:
                 self.epsilon = check_scalar("epsilon", epsilon, low=0.0)
             else:
                 rel = check_scalar("rel_epsilon", rel_epsilon, low=0.0)
-                self.epsilon = rel * float(np.linalg.norm(Y))
+                self.epsilon = rel * stable_norm(Y)
             if column_budgets is None and split_budget:
-                y_norm = float(np.linalg.norm(Y))
-                shares = (np.linalg.norm(Y, axis=0) / y_norm if y_norm > 0
+                y_norm = stable_norm(Y)
+                shares = (stable_norm(Y, axis=0) / y_norm if y_norm > 0
                           else np.full(Y.shape[1], Y.shape[1] ** -0.5))
                 column_budgets = self.epsilon * shares
             self.column_budgets = column_budgets
@@ -315,7 +321,7 @@ class NetTrimProblem:
         value = float(np.sum(self.penalty_weights[:, None] * np.abs(W_design)))
         if self.form == "regularized":
             residual = np.where(self.active, self.X_design @ W_design - self.Y, 0.0)
-            value += self.lam * float(np.sum(residual ** 2))
+            value += (np.sqrt(self.lam) * stable_norm(residual)) ** 2
         return value
 
     def violation(self, W_design: np.ndarray) -> float:
@@ -334,10 +340,18 @@ class NetTrimProblem:
     def clean(self, W_design: np.ndarray) -> np.ndarray:
         """Exact zeros by the rule of ``zero_tol`` (class docstring), feasibility preserved."""
         reference = max(self.violation(W_design), self.feas_tol)
-        column_max = np.abs(W_design).max(axis=0, keepdims=True)
+        # Entries are compared by what they add to the outputs, |U[n, m]| rms(X[:, n]): unlike |U|,
+        # that does not change when an input (or the bias's ones column) is rescaled.
+        P = self.X_design.shape[0]
+        contributions = np.abs(W_design) * (stable_norm(self.X_design, axis=0) / np.sqrt(P))[:, None]
+        # The floor zeroes what a solver leaves in a column that should be 0 (a dead unit, Y = 0):
+        # relative to its own largest entry nothing there is small.
+        outputs = max(root_mean_square(self.Y), root_mean_square(self.V))
+        floor = outputs / np.sqrt(self.X_design.shape[1]) if outputs > 0 else np.inf
+        scale = np.maximum(contributions.max(axis=0, keepdims=True), floor)
         tol = self.zero_tol
         while tol >= self.zero_tol * 1e-3:
-            cleaned = np.where(np.abs(W_design) <= tol * column_max, 0.0, W_design)
+            cleaned = np.where(contributions <= tol * scale, 0.0, W_design)
             if self.violation(cleaned) <= reference:
                 return cleaned
             tol /= 10.0
@@ -355,7 +369,7 @@ class NetTrimProblem:
         result.objective = self.objective(W_design)
         result.violation = self.violation(W_design)
         Z = self.X_design @ W_design
-        result.discrepancy = float(np.linalg.norm(self.activation(Z) - self.Y))
+        result.discrepancy = stable_norm(self.activation(Z) - self.Y)
         return result
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._duality import stable_norm
 from ._layer_solve import auto_backend_for, check_backend, check_solver_options
 from ._validation import (as_float_array, check_bool, check_exactly_one, check_executor,
                           check_scalar)
@@ -67,7 +68,7 @@ def layer_budget(Y: np.ndarray, *, epsilon=None, rel_epsilon=None, lam=None) -> 
     if lam is not None:
         return {"lam": lam}
     if rel_epsilon is not None:
-        return {"epsilon": rel_epsilon * float(np.linalg.norm(Y))}
+        return {"epsilon": rel_epsilon * stable_norm(Y)}
     return {"epsilon": epsilon}
 
 
@@ -97,8 +98,9 @@ def cascade_budget(pre: np.ndarray, Y: np.ndarray, *, relu: bool, gamma: float, 
     if lam is not None:
         return {"V": pre, "lam": lam}
     omega = Y > 0 if relu else np.ones(Y.shape, dtype=bool)
-    squares = gamma * np.sum(np.where(omega, pre - Y, 0.0) ** 2, axis=0)
-    return {"V": pre, "epsilon": np.sqrt(squares) if split else float(np.sqrt(squares.sum()))}
+    # Norms, not sums of squares: activations of 1e160 would overflow.
+    norms = np.sqrt(gamma) * stable_norm(np.where(omega, pre - Y, 0.0), axis=0)
+    return {"V": pre, "epsilon": norms if split else stable_norm(norms)}
 
 
 @dataclass
@@ -315,7 +317,7 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
     new_weights = [layer.W for layer in layers]
     new_biases = [layer.b for layer in layers]
     pruned = forward(new_weights, new_biases, X, last_relu=last_relu)
-    discrepancy = np.array([np.linalg.norm(a - b) for a, b in zip(pruned, originals)])
+    discrepancy = np.array([stable_norm(a - b) for a, b in zip(pruned, originals)])
     epsilons = np.array([np.nan if layer.problem.epsilon is None else layer.problem.epsilon
                          for layer in layers])
     bound = _bounds(mode, epsilons, weights, new_weights, gamma)

@@ -21,7 +21,7 @@ def make_layer(seed, *, P=50, N=8, M=4, relu=True, bias=True):
     return X, (np.maximum(Z, 0) if relu else Z), W, b
 
 
-def oracle(X, Y, *, relu, bias, epsilon=None, lam=None, V=None, extra=None):
+def oracle(X, Y, *, relu, bias, epsilon=None, lam=None, V=None, extra=None, penalize_bias=True):
     """Net-Trim written entry by entry from paper 004's (4)/(11), solved by Clarabel."""
     P, M = Y.shape
     Xd = np.hstack([X, np.ones((P, 1))]) if bias else X
@@ -29,9 +29,10 @@ def oracle(X, Y, *, relu, bias, epsilon=None, lam=None, V=None, extra=None):
     V = np.zeros_like(Y) if V is None else V
     on = [(p, m) for p in range(P) for m in range(M) if (Y[p, m] > 0 or not relu)]
     off = [(p, m) for p in range(P) for m in range(M) if relu and Y[p, m] <= 0]
-    residuals = cp.hstack([Xd[p] @ U[:, m] - Y[p, m] for p, m in on])
+    # A dead unit of a ReLU layer (Y[:, m] = 0) has no residual at all.
+    residuals = cp.hstack([Xd[p] @ U[:, m] - Y[p, m] for p, m in on] or [cp.Constant(0.0)])
     constraints = [Xd[p] @ U[:, m] <= V[p, m] for p, m in off]
-    objective = cp.sum(cp.abs(U))
+    objective = cp.sum(cp.abs(U if penalize_bias or not bias else U[:-1]))
     if lam is not None:
         objective = objective + lam * cp.sum_squares(residuals)
     else:
@@ -102,6 +103,72 @@ def test_exact_zeros_and_cleaning_keeps_feasibility():
     assert res.sparsity > 0.2  # a loose budget prunes; zeros are exact, not tiny
     assert np.count_nonzero(res.W) == np.count_nonzero(np.abs(res.W) > 1e-12)
     assert res.violation <= res.problem.feas_tol
+
+
+@pytest.mark.parametrize("form", [dict(rel_epsilon=0.1), dict(rel_epsilon=0.1, split_budget=True),
+                                  dict(lam=2.0), dict(epsilon=0.0)])
+@pytest.mark.parametrize("bias, relu", [(False, True), (True, True), (True, False)])
+def test_a_dead_unit_prunes_to_exact_zeros(form, bias, relu):
+    """A column with Y = 0 has the unique solution 0 (0 is feasible, any other column costs l1);
+    Clarabel leaves ~1e-10 there, which a rule relative to the column's largest entry keeps."""
+    X, Y, _, _ = make_layer(20, bias=bias, relu=relu)
+    if form.get("epsilon") == 0.0:
+        Y = X @ np.random.default_rng(21).standard_normal((8, 4))  # reachable exactly
+        Y = np.maximum(Y, 0) if relu else Y
+    Y[:, 2] = 0.0
+    res = cn.NetTrimProblem(X, Y, bias=bias, relu=relu, **form).solve("clarabel")
+    assert res.status == "optimal" and res.certificate.ok
+    assert np.all(res.W_design[:, 2] == 0)
+    assert np.count_nonzero(res.W_design[:, [0, 1, 3]]) > 0
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e4])
+def test_all_zero_targets_give_all_zero_weights(scale):
+    X, _, _, _ = make_layer(22, bias=False)
+    res = cn.NetTrimProblem(scale * X, np.zeros((50, 3)), rel_epsilon=0.1).solve("clarabel")
+    assert res.status == "optimal" and np.all(res.W == 0) and res.discrepancy == 0.0
+
+
+@pytest.mark.parametrize("scale, form", [
+    *[(scale, form) for scale in (1e-150, 1e150, 1e-160, 1e160) for form in ("constrained", "split")],
+    # lam scales as 1 / scale^2, which float64 holds for 1e+-150 only.
+    (1e-150, "regularized"), (1e150, "regularized")])
+@pytest.mark.parametrize("bias", [False, True])
+def test_extreme_data_scales_are_solved_covariantly(scale, form, bias):
+    """X and Y times 1e+-150 or 1e+-160 (whose squares leave float64): the same program in other
+    units. Its answer, compared with the entrywise CVXPY oracle on the unscaled data: the same W
+    (the bias, in Y's units, times the scale), the same objective, status optimal and an ok
+    certificate. (A penalized bias is not covariant: |b| changes units; the unpenalized bias is.)"""
+    X, Y, _, _ = make_layer(23, relu=True, bias=bias)
+    Y[:, 1] = 0.0  # a dead unit too
+    budget = {"constrained": dict(rel_epsilon=0.1), "split": dict(rel_epsilon=0.1, split_budget=True),
+              "regularized": dict(lam=2.0)}[form]
+    reference = cn.NetTrimProblem(X, Y, bias=bias, penalize_bias=False, **budget)
+    scaled_budget = dict(budget, lam=2.0 / scale / scale) if form == "regularized" else budget
+    prob = cn.NetTrimProblem(scale * X, scale * Y, bias=bias, penalize_bias=False, **scaled_budget)
+    res = prob.solve("clarabel")
+    assert res.status == "optimal" and res.certificate.ok
+    if form == "split":
+        value = sum(oracle(X, Y[:, [m]], relu=True, bias=bias, epsilon=budget_m, penalize_bias=False)[0]
+                    for m, budget_m in enumerate(reference.column_budgets))
+        U = None
+    else:
+        value, U = oracle(X, Y, relu=True, bias=bias, epsilon=reference.epsilon, lam=reference.lam,
+                          penalize_bias=False)
+    assert res.objective == pytest.approx(value, rel=1e-6)
+    assert np.all(res.W[:, 1] == 0) and np.all(np.isfinite(res.W_design))
+    if U is not None:
+        np.testing.assert_allclose(res.W, U[:X.shape[1]], atol=1e-5)
+        if bias:
+            # The dead unit's unpenalized bias is any b <= 0 (then X 0 + b <= 0): not unique.
+            live = [0, 2, 3]
+            np.testing.assert_allclose(res.b[live] / scale, U[-1, live], atol=1e-5)
+            assert res.b[1] <= 0
+    assert res.discrepancy / scale == pytest.approx(
+        np.linalg.norm(np.maximum(X @ res.W + (0 if res.b is None else res.b / scale), 0) - Y),
+        rel=1e-9)
+    if form != "regularized":
+        assert res.discrepancy <= prob.epsilon * (1 + 1e-6)
 
 
 def test_dual_is_the_gradient_of_the_loss():
