@@ -64,6 +64,22 @@ def _names(text):
     return None if text is None else [name for name in text.split(",") if name]
 
 
+def _solver_options(text):
+    """``--solver-options``: a JSON object, flat or keyed by backend (as ``solver_options=``)."""
+    if text is None:
+        return None
+    import json
+
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"--solver-options must be a JSON object, e.g. "
+                                f"'{{\"max_iterations\": 5000}}'; got {text!r} ({exc}).") from None
+    if not isinstance(options, dict):
+        raise InvalidInputError(f"--solver-options must be a JSON object; got {text!r}.")
+    return options
+
+
 def _prune(args) -> int:
     import torch
 
@@ -88,7 +104,8 @@ def _prune(args) -> int:
                   backend=args.backend, device=args.device, relu=relu,
                   max_samples=args.max_samples or None, seed=args.seed,
                   batch_size=args.batch_size, split_budget=args.split_budget,
-                  progress=_progress_printer())
+                  allow_inaccurate=args.allow_inaccurate,
+                  solver_options=_solver_options(args.solver_options), progress=_progress_printer())
     _torch_io.save_model(loaded, args.out, keep_masks=args.keep_masks)
     if args.save_results is not None:
         _save_results(report, args.save_results)
@@ -260,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--device", help="run the model (and the admm backend) here, e.g. cuda")
     prune.add_argument("--split-budget", action="store_true",
                        help="per-column budgets (columns solved independently)")
+    prune.add_argument("--solver-options", metavar="JSON",
+                       help="the backend's options as a JSON object, flat or keyed by backend, "
+                            "e.g. '{\"admm\": {\"max_iterations\": 50000}}'")
+    prune.add_argument("--allow-inaccurate", action="store_true",
+                       help="write layers the solver left unfinished (max_iterations); the table "
+                            "marks them and their bounds are not claimed (default: refuse)")
     prune.add_argument("--keep-masks", action="store_true",
                        help="save weight_orig/weight_mask instead of making the pruning permanent")
     prune.add_argument("--save-results", metavar="DIR",

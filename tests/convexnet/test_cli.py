@@ -253,3 +253,22 @@ def test_save_results_onto_a_file_is_refused_before_anything_is_written(tmp_path
                      "results"]) == 2
     assert "--save-results" in capsys.readouterr().err
     assert not (tmp_path / "pruned.pt").exists()
+
+
+def test_prune_refuses_unfinished_layers_unless_allowed(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 12), torch.nn.ReLU(), torch.nn.Linear(12, 2))
+    torch.save(model, "model.pt")
+    np.save("calibration.npy", np.random.default_rng(0).standard_normal((80, 4)).astype(np.float32))
+    # ADMM stopped after 5 steps leaves the first layer at max_iterations.
+    argv = ["prune", "model.pt", "--calibration", "calibration.npy", "--rel-epsilon", "0.05",
+            "--backend", "admm", "--out", "pruned.pt", "--trust-pickle",
+            "--solver-options", '{"max_iterations": 5}']
+    assert cli.main(argv) == 2
+    assert "max_iterations" in capsys.readouterr().err
+    assert not (tmp_path / "pruned.pt").exists()
+    assert cli.main(argv + ["--allow-inaccurate"]) == 0
+    out = capsys.readouterr().out
+    assert "max_iterations*" in out
+    assert (tmp_path / "pruned.pt").exists()
