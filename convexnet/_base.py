@@ -68,6 +68,19 @@ class ConstraintSet(Parametrized):
         size = max(1.0, float(np.linalg.norm(W)))
         return float(np.linalg.norm(W - as_numpy(self.project(W)))) / size
 
+    def scaled(self, x_scale: float, y_scale: float) -> "ConstraintSet":
+        """The set in units ``W' = W x_scale / y_scale``; cones (subspaces, masks, sparsity) are
+        unchanged, balls scale their radius."""
+        return self
+
+    def select_columns(self, index) -> "ConstraintSet":
+        """The set on the columns ``index`` of ``W`` (separable sets: one set per column)."""
+        return self
+
+    def column_cvxpy(self, w, z):
+        """One column's CVXPY lowering: ``(0, constraints, set_column)``."""
+        return 0.0, self.constraints(w), lambda j: None
+
     def graph_term(self):
         """The set as an ADMM weight term (:class:`solvers.graph_terms.Projection`)."""
         from solvers import graph_terms
@@ -121,3 +134,10 @@ class RadiusBall(ConstraintSet):
 
     def _contains(self, x, tol):
         return within(self.norm(x), self.radius, tol)
+
+    def scaled(self, x_scale: float, y_scale: float) -> "RadiusBall":
+        import copy
+
+        ball = copy.copy(self)
+        ball.radius = self.radius * x_scale / y_scale
+        return ball

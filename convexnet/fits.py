@@ -57,6 +57,13 @@ def _as_mask(mask, shape) -> np.ndarray:
     return mask
 
 
+def _column_parameters(P: int):
+    """A 0/1 mask and a pre-masked target for one column (a product of two parameters is not DPP)."""
+    import cvxpy as cp
+
+    return cp.Parameter(P, nonneg=True, name="mask"), cp.Parameter(P, name="target")
+
+
 class FitTerm(Parametrized):
     """A term on the outputs ``Z`` (P, M), acting where ``mask`` is True.
 
@@ -67,6 +74,8 @@ class FitTerm(Parametrized):
     convex = True
     is_constraint = False
     separable = True
+    # Whether Z should come close to the target (a fit) rather than stay below it (a bound).
+    fits_target = True
 
     def __init__(self, target, mask, name: str):
         self.target = as_float_array(name, target, ndim=2)
@@ -87,7 +96,11 @@ class FitTerm(Parametrized):
     # The methods every term implements:
     # value(Z) -> float; violation(Z, scale) -> (M,) array; cvxpy(Z) -> (expression or 0, constraints);
     # conjugate(L) -> (M,) array (or float for a coupled term); dual_domain(L) -> L on the domain;
-    # graph_term() -> a solvers.graph_terms output term; scale() -> max |data| (for violations).
+    # graph_term() -> a solvers.graph_terms output term; scale() -> max |data| (for violations);
+    # scaled(x_scale, y_scale) -> the term of the program in units X / x_scale, Z / y_scale (the
+    # objective multiplied by x_scale / y_scale); and, separable terms, select_columns(index) and
+    # column_cvxpy(w, z) -> (expression, constraints, set_column(j)): one column's lowering with
+    # CVXPY parameters, compiled once and re-solved for every column.
 
     def scale(self) -> float:
         """The largest magnitude of the term's data on its mask (0 for an empty mask)."""
@@ -120,6 +133,21 @@ class Squared(FitTerm):
 
     def select_columns(self, index) -> "Squared":
         return Squared(self.target[:, index], self.weight, self.mask[:, index])
+
+    def scaled(self, x_scale: float, y_scale: float) -> "Squared":
+        return Squared(self.target / y_scale, self.weight * x_scale * y_scale, self.mask)
+
+    def column_cvxpy(self, w, z):
+        import cvxpy as cp
+
+        mask, target = _column_parameters(z.shape[0])
+        expression = self.weight * cp.sum_squares(cp.multiply(mask, z) - target)
+
+        def set_column(j):
+            mask.value = self.mask[:, j].astype(float)
+            target.value = np.where(self.mask[:, j], self.target[:, j], 0.0)
+
+        return expression, [], set_column
 
     def value(self, Z) -> float:
         residual = self._on_mask(Z - self.target)
@@ -198,6 +226,24 @@ class Budget(FitTerm):
             raise InvalidInputError("a whole-matrix Budget couples the columns; it cannot be split.")
         return Budget(self.target[:, index], self.epsilon[index], self.mask[:, index])
 
+    def scaled(self, x_scale: float, y_scale: float) -> "Budget":
+        return Budget(self.target / y_scale, self.epsilon / y_scale, self.mask,
+                      per_column=self.per_column)
+
+    def column_cvxpy(self, w, z):
+        import cvxpy as cp
+
+        mask, target = _column_parameters(z.shape[0])
+        budget = cp.Parameter(nonneg=True, name="budget")
+        constraint = cp.norm(cp.multiply(mask, z) - target, 2) <= budget
+
+        def set_column(j):
+            mask.value = self.mask[:, j].astype(float)
+            target.value = np.where(self.mask[:, j], self.target[:, j], 0.0)
+            budget.value = float(self.epsilon[j])
+
+        return 0.0, [constraint], set_column
+
     def _norms(self, Z):
         residual = self._on_mask(Z - self.target)
         if self.per_column:
@@ -258,6 +304,7 @@ class Below(FitTerm):
     """
 
     is_constraint = True
+    fits_target = False
 
     def __init__(self, V, mask=None):
         super().__init__(V, mask, "V")
@@ -267,6 +314,22 @@ class Below(FitTerm):
 
     def select_columns(self, index) -> "Below":
         return Below(self.target[:, index], self.mask[:, index])
+
+    def scaled(self, x_scale: float, y_scale: float) -> "Below":
+        return Below(self.target / y_scale, self.mask)
+
+    def column_cvxpy(self, w, z):
+        import cvxpy as cp
+
+        if not self.mask.any():
+            return 0.0, [], lambda j: None
+        mask, threshold = _column_parameters(z.shape[0])
+
+        def set_column(j):
+            mask.value = self.mask[:, j].astype(float)
+            threshold.value = np.where(self.mask[:, j], self.target[:, j], 0.0)
+
+        return 0.0, [cp.multiply(mask, z) <= threshold], set_column
 
     def value(self, Z) -> float:
         return 0.0

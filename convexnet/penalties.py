@@ -49,6 +49,19 @@ class Penalty(Parametrized):
     def __init__(self, strength: float = 1.0):
         self.strength = check_scalar("strength", strength, low=0.0)
 
+    def scaled(self, x_scale: float, y_scale: float) -> "Penalty":
+        """The penalty in units ``W' = W x_scale / y_scale`` with the objective times ``x_scale /
+        y_scale``: a norm is unchanged (the two factors cancel)."""
+        return self
+
+    def select_columns(self, index) -> "Penalty":
+        """The penalty on the columns ``index`` of ``W`` (separable penalties)."""
+        return self
+
+    def column_cvxpy(self, w, z):
+        """One column's CVXPY lowering: ``(expression, constraints, set_column)``."""
+        return self.cvxpy(w), [], lambda j: None
+
     def graph_term(self):
         """The penalty as an ADMM weight term: any prox (:class:`solvers.graph_terms.Prox`)."""
         from solvers import graph_terms
@@ -155,6 +168,24 @@ class L1(Penalty):
         weights = np.ones(1) if self.weights is None else self.weights
         return graph_terms.WeightedL1(self.strength * weights)
 
+    def select_columns(self, index) -> "L1":
+        if self.weights is None or self.weights.ndim == 1:
+            return self
+        return L1(self.strength, self.weights[:, index])
+
+    def column_cvxpy(self, w, z):
+        import cvxpy as cp
+
+        if self.weights is None or self.weights.ndim == 1:
+            weights = np.ones(w.shape[0]) if self.weights is None else self.weights
+            return self.strength * (weights @ cp.abs(w)), [], lambda j: None
+        weights = cp.Parameter(w.shape[0], nonneg=True, name="l1_weights")
+
+        def set_column(j):
+            weights.value = self.weights[:, j]
+
+        return self.strength * (weights @ cp.abs(w)), [], set_column
+
     def full_weights(self, shape) -> np.ndarray:
         """``strength * c`` broadcast to ``shape`` (N, M)."""
         weights = np.ones(shape) if self.weights is None else np.broadcast_to(
@@ -225,6 +256,11 @@ class GroupL1(Penalty):
         from solvers import graph_terms
 
         return graph_terms.GroupL2(self.strength, self.axis)
+
+    def column_cvxpy(self, w, z):
+        import cvxpy as cp
+
+        return self.strength * cp.norm(w, 2), [], lambda j: None
 
     def _dual_ball(self, S):
         norms = np.linalg.norm(S, axis=self.axis, keepdims=True)

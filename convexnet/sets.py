@@ -560,3 +560,16 @@ class Mask(ConstraintSet):
         import cvxpy as cp
 
         return [cp.multiply((~self.support_mask).astype(float), expr) == 0]
+
+    def select_columns(self, index) -> "Mask":
+        return Mask(self.support_mask[:, index])
+
+    def column_cvxpy(self, w, z):
+        import cvxpy as cp
+
+        off = cp.Parameter(w.shape[0], nonneg=True, name="off_support")
+
+        def set_column(j):
+            off.value = (~self.support_mask[:, j]).astype(float)
+
+        return 0.0, [cp.multiply(off, w) == 0], set_column

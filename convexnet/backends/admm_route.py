@@ -33,14 +33,19 @@ class ADMMBackend:
                 return f"{type(term).__name__} has no prox or projection here ({error})"
         return None
 
-    def solve(self, program, options: dict, verbose: bool = False) -> Solution:
+    def check_options(self, options: dict) -> None:
+        """ADMM's options by name and value, as :class:`InvalidInputError` before any work."""
         from solvers import admm
 
-        options = {"violation_tol": VIOLATION_TOL, **options}
         try:
             admm.check_options(**options)
         except (TypeError, ValueError) as error:
             raise InvalidInputError(f"solver_options for backend='admm': {error}") from None
+
+    def solve(self, program, options: dict, verbose: bool = False, executor=None) -> Solution:
+        from solvers import admm
+
+        options = {"violation_tol": VIOLATION_TOL, **options}
         out = admm.solve_graph_form(program.to_graph_form(), verbose=verbose, **options)
         W = _onto_sets(program, np.asarray(out.W, dtype=float))
         status = out.status
@@ -50,7 +55,7 @@ class ADMMBackend:
         return Solution(W, np.asarray(out.dual, dtype=float), status,
                         out.solve_time, out.setup_time, out.iterations,
                         {"primal_residual": out.primal_residual, "dual_residual": out.dual_residual,
-                         "admm": out}, {"gap_tol": tol, "feas_tol": tol})
+                         "admm": out, "tolerance": tol}, {"gap_tol": tol, "feas_tol": tol})
 
 
 def _onto_sets(program, W: np.ndarray) -> np.ndarray:

@@ -3,12 +3,17 @@
 Clarabel (interior point, certified to 1e-9) for convex programs up to ``AUTO_ADMM_SIZE`` entries of
 ``P * N * M``, ADMM above it (where Clarabel takes a quarter of an hour or more, see
 ``docs/benchmarks.md``) and for nonconvex programs (only a prox method takes them). A program that the
-preferred backend refuses goes to the other.
+preferred backend refuses goes to the other. When ADMM ran a convex separable program, the columns it
+left unfinished (``max_iterations``, or a violation above its tolerance) are solved again with
+Clarabel; the result's backend then reads ``"admm+clarabel"`` and ``info["refined_columns"]`` lists
+them.
 """
 
 from __future__ import annotations
 
-from . import get
+import numpy as np
+
+from . import Solution, get
 
 __all__ = ["AutoBackend", "AUTO_ADMM_SIZE", "choose"]
 
@@ -30,11 +35,48 @@ def choose(program) -> str:
 class AutoBackend:
     name = "auto"
 
+
     def accepts(self, program) -> str | None:
         return get(choose(program)).accepts(program)
 
-    def solve(self, program, options: dict, verbose: bool = False):
+    def solve(self, program, options: dict, verbose: bool = False, executor=None) -> Solution:
         name = choose(program)
-        solution = get(name).solve(program, options, verbose)
+        solution = get(name).solve(program, _options_for(options, name), verbose, executor)
         solution.backend = name
+        if name == "admm" and program.convex and program.separable and solution.W is not None:
+            solution = _refine(program, solution, _options_for(options, "clarabel", keyed_only=True),
+                               verbose, executor)
         return solution
+
+
+def _options_for(options: dict, name: str, *, keyed_only: bool = False) -> dict:
+    """The options meant for ``name``: a dict keyed by backend names gives its entry; a flat dict
+    belongs to whichever backend runs first (the fallback then takes none)."""
+    from .options import is_keyed, options_for
+
+    if keyed_only and not is_keyed(options):
+        return {}
+    return dict(options_for(options, name) or {})
+
+
+def _refine(program, solution: Solution, options: dict, verbose: bool, executor) -> Solution:
+    """Re-solve with Clarabel the columns ADMM did not finish; keep ADMM's answer for the rest."""
+    out = solution.info["admm"]
+    redo = np.flatnonzero(~out.converged | (out.column_violation > solution.info["tolerance"]))
+    if redo.size == 0:
+        return solution
+    sub = get("clarabel").solve(program.select_columns(redo), options, verbose, executor)
+    if sub.W is None:
+        return solution
+    W, dual = solution.W.copy(), solution.dual.copy()
+    W[:, redo], dual[:, redo] = sub.W, sub.dual
+    kept = ["optimal"] if redo.size < W.shape[1] else []
+    from .cvxpy_columns import worst_status
+
+    column_status = sub.info.get("column_status", [sub.status])
+    return Solution(W, dual, worst_status(kept + list(column_status)),
+                    solution.solve_time + sub.solve_time, solution.compile_time + sub.compile_time,
+                    solution.iterations, {**solution.info, "refined_columns": redo,
+                                          "refine_time": sub.solve_time + sub.compile_time,
+                                          "refine_backend": "clarabel"},
+                    solution.tolerances, backend="admm+clarabel")

@@ -52,6 +52,10 @@ class CVXPYBackend:
     def __init__(self, name: str):
         self.name = name
 
+    def check_options(self, options: dict) -> None:
+        """Options this solver would refuse, as :class:`InvalidInputError` before any work."""
+        check_options(self.name, options)
+
     def accepts(self, program) -> str | None:
         if not program.convex:
             nonconvex = [type(term).__name__ for term in program.terms if not getattr(term, "convex", True)]
@@ -63,16 +67,28 @@ class CVXPYBackend:
 
         return osqp_budget.reason_to_refuse(program)
 
-    def solve(self, program, options: dict, verbose: bool = False) -> Solution:
-        check_options(self.name, options)
+    def solve(self, program, options: dict, verbose: bool = False, executor=None) -> Solution:
+        """Solve ``program`` in scaled units (:meth:`SparsityProgram.scaled`): separable programs
+        column by column (:mod:`convexnet.backends.cvxpy_columns`), others whole."""
+        scaled, x_scale, y_scale = program.scaled()
+        solution = self._solve_scaled(scaled, options, verbose, executor)
+        if solution.W is not None:
+            solution.W = solution.W * (y_scale / x_scale)
+            solution.dual = None if solution.dual is None else solution.dual / x_scale
+        solution.tolerances = {"gap_tol": 1e-6, "feas_tol": 1e-6}
+        return solution
+
+    def _solve_scaled(self, program, options, verbose, executor) -> Solution:
         if self.name == "osqp":
             from . import osqp_budget
 
             if osqp_budget.budgets(program):
                 return osqp_budget.solve(program, options, verbose)
-        solution = solve_cvxpy(program, self.name, options, verbose)
-        solution.tolerances = {"gap_tol": 1e-6, "feas_tol": 1e-6}
-        return solution
+        if program.separable and program.M > 1:
+            from .cvxpy_columns import solve_columns
+
+            return solve_columns(program, self.name, options, verbose=verbose, executor=executor)
+        return solve_cvxpy(program, self.name, options, verbose)
 
 
 def backends() -> list:

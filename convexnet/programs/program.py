@@ -209,13 +209,41 @@ class SparsityProgram:
         return GraphForm.from_terms(self.X, [term.graph_term() for term in self.fits],
                                     [term.graph_term() for term in self.weight_terms])
 
+    def select_columns(self, index) -> "SparsityProgram":
+        """The program of the columns ``index`` alone (separable programs: the columns are independent)."""
+        if not self.separable:
+            raise InvalidInputError("this program couples its columns; it cannot be split by column.")
+        return SparsityProgram(self.X, fit=[term.select_columns(index) for term in self.fits],
+                               penalty=[term.select_columns(index) for term in self.penalties],
+                               constraints=[term.select_columns(index) for term in self.sets])
+
+    def scaled(self) -> tuple["SparsityProgram", float, float]:
+        """The same program in units that interior-point solvers like, and the two scales.
+
+        With ``x_scale`` the root mean square of ``X`` and ``y_scale`` that of the fit terms' targets
+        (1 when zero), the program in ``X' = X / x_scale`` and ``W' = W x_scale / y_scale`` (so
+        ``Z' = Z / y_scale``), its objective multiplied by ``x_scale / y_scale``, has the solution
+        ``W' `` and the dual ``Lambda' = x_scale Lambda``. Each term says how it scales.
+        """
+        from .._duality import root_mean_square
+
+        x_scale = root_mean_square(self.X) or 1.0
+        targets = [term.target[term.mask] for term in self.fits if term.fits_target]
+        y_scale = root_mean_square(np.concatenate(targets)) if targets else 0.0
+        y_scale = y_scale or 1.0
+        program = SparsityProgram(self.X / x_scale,
+                                  fit=[term.scaled(x_scale, y_scale) for term in self.fits],
+                                  penalty=[term.scaled(x_scale, y_scale) for term in self.penalties],
+                                  constraints=[term.scaled(x_scale, y_scale) for term in self.sets])
+        return program, x_scale, y_scale
+
     def replace(self, *, fit=None) -> "SparsityProgram":
         """The same program with other fit terms (penalties and sets kept)."""
         return SparsityProgram(self.X, fit=self.fits if fit is None else fit,
                                penalty=self.penalties, constraints=self.sets)
 
     # -------------------------------------------------------------------------------- solving
-    def solve(self, backend: str = "auto", *, solver_options: dict | None = None,
+    def solve(self, backend: str = "auto", *, solver_options: dict | None = None, executor=None,
               certify: bool | dict = True, verbose: bool = False) -> "ProgramResult":
         """Solve the program with ``backend`` and return a checked result.
 
@@ -226,10 +254,14 @@ class SparsityProgram:
             :class:`~convexnet.errors.BackendUnavailableError` naming the ones that can, before any
             work.
         solver_options : dict, optional
-            The backend's options (CVXPY solver keywords, or ADMM options).
+            The backend's options (CVXPY solver keywords, or ADMM options), flat or keyed by backend
+            (``{"admm": {...}, "clarabel": {...}}``, see :mod:`convexnet.backends.options`).
+        executor : concurrent.futures.Executor, optional
+            Runs chunks of columns of a separable program as jobs (CVXPY backends).
         certify : bool or dict, default True
-            Attach :func:`convexnet.certificates.verify`'s report (convex programs); a dict overrides
-            its tolerances. A result whose certificate fails is never reported ``"optimal"``.
+            Attach :func:`convexnet.certificates.verify`'s report (convex programs) at the backend's
+            accuracy; a dict overrides its tolerances. A result whose certificate fails is never
+            reported ``"optimal"``.
         verbose : bool
             Print the solver's log.
 
@@ -237,31 +269,59 @@ class SparsityProgram:
         -------
         ProgramResult
         """
+        solution, start = self._run(backend, solver_options, executor, certify, verbose)
+        result = ProgramResult(program=self, backend=solution.backend, status=solution.status,
+                               solve_time=solution.solve_time, compile_time=solution.compile_time,
+                               iterations=solution.iterations, dual=solution.dual, info=solution.info)
+        if solution.W is not None:
+            result.W = solution.W
+            result.objective = self.objective(solution.W)
+            result.violation = self.violation(solution.W)
+        attach_certificate(result, solution, certify)
+        result.wall_time = time.perf_counter() - start
+        return result
+
+    def _run(self, backend, solver_options, executor, certify, verbose):
+        """Check every argument, then run the backend: ``(Solution, start time)``."""
         from .. import backends
-        from ..certificates import verify
+        from .._validation import check_executor
+        from ..backends import options
 
         if not isinstance(certify, (bool, dict)):
             raise InvalidInputError(f"certify must be True, False or a dict of tolerances; got {certify!r}.")
-        if solver_options is not None and not isinstance(solver_options, dict):
-            raise InvalidInputError(f"solver_options must be a dict; got {type(solver_options).__name__}.")
+        check_executor("executor", executor)
+        verbose = check_bool("verbose", verbose)
         engine = backends.select(self, backend)
+        concrete = backends.auto.choose(self) if engine.name == "auto" else engine.name
+        options.check(solver_options, concrete)
+        run_options = dict(solver_options or {}) if engine.name == "auto" else \
+            dict(options.options_for(solver_options, engine.name) or {})
         start = time.perf_counter()
-        raw = engine.solve(self, dict(solver_options or {}), verbose=bool(verbose))
-        result = ProgramResult(program=self, backend=raw.backend or engine.name, status=raw.status,
-                               solve_time=raw.solve_time, compile_time=raw.compile_time,
-                               iterations=raw.iterations, dual=raw.dual, info=raw.info)
-        if raw.W is not None:
-            result.W = raw.W
-            result.objective = self.objective(raw.W)
-            result.violation = self.violation(raw.W)
-        if certify is not False and result.W is not None and self.convex:
-            tolerances = dict(raw.tolerances)
-            tolerances.update(certify if isinstance(certify, dict) else {})
-            result.certificate = verify(result, **tolerances)
-            if not result.certificate.ok and result.status == "optimal":
-                result.status = "optimal_inaccurate"
-        result.wall_time = time.perf_counter() - start
-        return result
+        solution = engine.solve(self, run_options, verbose, executor)
+        solution.backend = solution.backend or engine.name
+        return solution, start
+
+
+def attach_certificate(result, solution, certify) -> None:
+    """Attach ``verify``'s report at the backend's tolerances (``certify`` a dict overrides them).
+
+    An uncertified ``"optimal"`` becomes ``"optimal_inaccurate"``; a solver's
+    ``"optimal_inaccurate"`` that the certificate proves optimal becomes ``"optimal"`` (the solver's
+    own word stays in ``info["solver_status"]``).
+    """
+    from ..certificates import verify
+
+    if certify is False or getattr(result, "W", None) is None:
+        return
+    tolerances = dict(solution.tolerances)
+    tolerances.update(certify if isinstance(certify, dict) else {})
+    report = verify(result, **tolerances)
+    result.certificate = report
+    result.info.setdefault("solver_status", result.status)
+    if not report.ok and result.status == "optimal":
+        result.status = "optimal_inaccurate"
+    elif report.ok and result.status == "optimal_inaccurate":
+        result.status = "optimal"
 
 
 @dataclass

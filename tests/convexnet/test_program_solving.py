@@ -1,0 +1,83 @@
+"""How programs are solved: scaling, separable programs column by column (with an executor), auto's
+fallback, options checked before work. Oracles: independent CVXPY solves and the certificate."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import convexnet as cn
+from convexnet import fits, penalties, sets
+from convexnet.errors import InvalidInputError
+
+
+def relu_layer(seed=0, P=50, N=10, M=4):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((P, N))
+    Y = np.maximum(X @ rng.standard_normal((N, M)), 0.0)
+    return X, Y, Y > 0
+
+
+def per_column_program(X, Y, omega, rel=0.1):
+    budgets = rel * np.linalg.norm(Y, axis=0)
+    return cn.SparsityProgram(X, fit=[fits.Budget(Y, budgets, mask=omega),
+                                      fits.Below(np.zeros_like(Y), mask=~omega)],
+                              penalty=penalties.L1(), constraints=[sets.L1InfBall(50.0)])
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e150])
+def test_extreme_scales_give_the_covariant_solution(scale):
+    X, Y, omega = relu_layer(1)
+    reference = per_column_program(X, Y, omega).solve("clarabel")
+    scaled = per_column_program(X * scale, Y * scale, omega).solve("clarabel")
+    assert scaled.status == "optimal" and scaled.certificate.ok
+    # X -> s X and Y -> s Y (budgets -> s budgets) leave W as it was.
+    np.testing.assert_allclose(scaled.W, reference.W, rtol=1e-5, atol=1e-7 * np.abs(reference.W).max())
+
+
+def test_columns_on_an_executor_match_the_whole_solve():
+    X, Y, omega = relu_layer(2, M=6)
+    program = per_column_program(X, Y, omega)
+    alone = program.solve("clarabel")
+    with ThreadPoolExecutor(2) as pool:
+        spread = program.solve("clarabel", executor=pool)
+    assert spread.info["chunks"] == 6 and alone.info["chunks"] == 1
+    np.testing.assert_allclose(spread.W, alone.W, atol=1e-9)
+    # An independent whole-matrix CVXPY solve of the same program agrees.
+    problem, W = program.to_cvxpy()
+    problem.solve(solver="CLARABEL")
+    assert abs(problem.value - alone.objective) <= 1e-6 * problem.value
+
+
+def test_auto_refines_unfinished_admm_columns_with_clarabel(monkeypatch):
+    from convexnet.backends import auto
+
+    X, Y, omega = relu_layer(3)
+    program = per_column_program(X, Y, omega)
+    monkeypatch.setattr(auto, "AUTO_ADMM_SIZE", 0)  # make this tiny program "large"
+    result = program.solve("auto", solver_options={"admm": {"max_iterations": 20}})
+    assert result.backend == "admm+clarabel"
+    assert len(result.info["refined_columns"]) > 0
+    clarabel = program.solve("clarabel")
+    assert result.status == "optimal"
+    assert abs(result.objective - clarabel.objective) <= 1e-4 * clarabel.objective
+
+
+def test_options_are_checked_before_work():
+    X, Y, omega = relu_layer(4)
+    program = per_column_program(X, Y, omega)
+    with pytest.raises(InvalidInputError, match="Clarabel has no setting"):
+        program.solve("clarabel", solver_options={"no_such_setting": 1})
+    with pytest.raises(InvalidInputError, match="alpha"):
+        program.solve("admm", solver_options={"alpha": 3.0})
+    # A flat dict goes to the backend auto picks (Clarabel here); the message shows the keyed form.
+    with pytest.raises(InvalidInputError, match="no setting 'alpha'.*'admm': {...}"):
+        program.solve("auto", solver_options={"alpha": 1.5})
+    with pytest.raises(InvalidInputError, match="admm"):
+        program.solve("auto", solver_options={"admm": {"alpha": 3.0}})
+    with pytest.raises(InvalidInputError, match="executor"):
+        program.solve("clarabel", executor="pool")
+    with pytest.raises(InvalidInputError, match="certify"):
+        program.solve("clarabel", certify="yes")
