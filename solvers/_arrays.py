@@ -36,6 +36,7 @@ __all__ = [
     "argsort",
     "concatenate",
     "zeros",
+    "largest_finite",
 ]
 
 
@@ -221,3 +222,10 @@ def zeros(like):
     if is_tensor(like):
         return sys.modules["torch"].zeros_like(like, memory_format=sys.modules["torch"].contiguous_format)
     return np.zeros(like.shape, dtype=like.dtype)
+
+
+def largest_finite(like) -> float:
+    """The largest finite number of ``like``'s dtype, as a Python float."""
+    if is_tensor(like):
+        return float(sys.modules["torch"].finfo(like.dtype).max)
+    return float(np.finfo(like.dtype).max)

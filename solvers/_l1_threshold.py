@@ -13,7 +13,8 @@ import numpy as np
 from . import _arrays
 from ._arrays import namespace
 
-__all__ = ["thresholds", "soft_threshold_dense", "soft_threshold_sparse"]
+__all__ = ["thresholds", "soft_threshold_dense", "soft_threshold_sparse", "far_rows",
+           "reproject_rows"]
 
 
 def soft_threshold_dense(x, threshold, out):
@@ -31,6 +32,10 @@ def soft_threshold_dense(x, threshold, out):
     if x.dtype == xp.float64:
         _arrays.clip_into(x, -threshold, threshold, out)
         return xp.subtract(x, out, out=out)
+    # A threshold beyond the dtype's largest number zeroes every entry, as that largest number does;
+    # split into high + low it would give inf - inf.
+    largest = _arrays.largest_finite(x)
+    threshold = min(threshold, largest) if isinstance(threshold, float) else xp.clip(threshold, None, largest)
     high, low = _arrays.split_high_low(threshold, x)
     xp.abs(x, out=out)
     xp.subtract(out, high, out=out)
@@ -217,3 +222,65 @@ def thresholds(magnitudes, radius):
     start = xp.where(outside, start, _arrays.new_array(-np.inf, start))
     tau, candidates = _row_thresholds(magnitudes, radius, start)
     return xp.where(outside, tau, _arrays.new_array(0.0, tau)), candidates
+
+
+# A threshold above this many times the largest output (the row's largest magnitude minus the
+# threshold) costs ``v - tau`` that factor in relative accuracy: such rows are redone shifted.
+FAR_RATIO = 64.0
+
+
+def far_rows(magnitudes, tau, candidates):
+    """The flat indices of the rows of ``magnitudes`` (``(before, n, after)``) whose threshold lies
+    far above their largest output: ``tau > FAR_RATIO (max_i v_i - tau)``.
+
+    There ``v_i - tau`` subtracts two nearly equal numbers and ``tau`` itself carries the rounding
+    of sums of the large ``v_i``: with data of 1e32 and a radius of 1e16 the output missed the
+    boundary by 10%, and with a ratio above 1e16 it was 0. ``candidates`` (from :func:`thresholds`,
+    or None) hold every row's largest entry, so the test reads only them when given.
+    """
+    xp = namespace(magnitudes)
+    before, n, after = magnitudes.shape
+    level = tau * (1.0 + 1.0 / FAR_RATIO)
+    if candidates is None:
+        clear = xp.sum(magnitudes > _arrays.round_down(level, magnitudes), axis=1, keepdims=True) > 0
+        return _arrays.flat_nonzero(~clear & (tau > 0))
+    positions, labels = candidates
+    values = _arrays.to_float64(magnitudes.reshape(-1)[positions])
+    flat_level = level.reshape(-1)
+    above = values > (flat_level if labels is None else flat_level[labels])
+    if labels is None:
+        clear = _arrays.new_array([int(xp.count_nonzero(above))], tau.reshape(-1)) > 0
+    else:
+        clear = _arrays.segment_sum(labels[above], before * after) > 0
+    return _arrays.flat_nonzero(~clear & (tau.reshape(-1) > 0))
+
+
+def reproject_rows(rows, out, index, radius):
+    """Write into ``out`` the projections of the rows ``index`` of ``rows`` (``(before, n, after)``),
+    computed in coordinates shifted by each row's largest magnitude ``c``.
+
+    With ``u = |v| - c <= 0`` (exact for the entries near ``c``, by Sterbenz's lemma) the threshold is
+    ``c + tau'`` with ``tau' = (sum_K u - radius) / |K|``, and the output ``u - tau'`` never forms
+    ``c + tau'``: its error is relative to the outputs, not to ``c``. Michelot's search starts from
+    ``(sum_K u - radius) / |K|`` for ``K`` the entries at the row's maximum, a level below the
+    threshold (any ``K`` gives one), so that the entries above it hold the support and the kept set
+    then only shrinks to it. It runs on the whole rows, in float64.
+    """
+    xp = namespace(rows)
+    index_before, index_after = index // rows.shape[2], index % rows.shape[2]
+    signed = _arrays.to_float64(rows[index_before, :, index_after])
+    magnitudes = xp.abs(signed)
+    largest = xp.amax(magnitudes, axis=1, keepdims=True)
+    shifted = magnitudes - largest
+    kept = shifted >= 0
+    # After the first pass the kept sets only shrink; the bound guards against rounding.
+    for _ in range(rows.shape[1] + 2):
+        counts = xp.sum(kept, axis=1, keepdims=True)
+        level = (xp.sum(xp.where(kept, shifted, 0.0), axis=1, keepdims=True) - radius) / counts
+        updated = shifted > level
+        if bool((updated == kept).all()):
+            break
+        kept = updated
+    shrunk = xp.copysign(_arrays.clip_below_inplace(shifted - level, 0.0), signed)
+    out[index_before, :, index_after] = _arrays.cast_like(shrunk, out)
+    return out

@@ -115,13 +115,17 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     if found is None:
         return _arrays.copy(x)
     tau, candidates = found
+    far = _l1_threshold.far_rows(magnitudes, tau, candidates)
     # Scattering few survivors into fresh zeros beats three dense passes, up to about 1/64 of the entries.
     if candidates is not None and 64 * _arrays.size(candidates[0]) <= _arrays.size(x):
-        return _l1_threshold.soft_threshold_sparse(rows, tau, *candidates).reshape(x.shape)
-    out = _l1_threshold.soft_threshold_dense(rows, tau, out=magnitudes)
-    if rows.shape[0] * rows.shape[2] > 1 and bool((tau == 0).any()):
-        # Rows inside the ball come back bitwise, signed zeros included.
-        out = xp.where(tau == 0, rows, out)
+        out = _l1_threshold.soft_threshold_sparse(rows, tau, *candidates)
+    else:
+        out = _l1_threshold.soft_threshold_dense(rows, tau, out=magnitudes)
+        if rows.shape[0] * rows.shape[2] > 1 and bool((tau == 0).any()):
+            # Rows inside the ball come back bitwise, signed zeros included.
+            out = xp.where(tau == 0, rows, out)
+    if _arrays.size(far):
+        out = _l1_threshold.reproject_rows(rows, out, far, radius)
     return out.reshape(x.shape)
 
 
@@ -279,11 +283,15 @@ def prox_transformed_l1(x, *, step: float, a: float):
               \varphi = \arccos\Big(1 - \frac{27 \lambda a (a + 1)}{2 (a + |x|)^3}\Big),
 
     with :math:`t = \lambda (a + 1) / a` if :math:`\lambda \le a^2 / (2 (a + 1))`, else
-    :math:`t = \sqrt{2 \lambda (a + 1)} - a / 2`. The bracket is evaluated as
-    :math:`|x| - \tfrac43 (a + |x|) \sin^2(\varphi / 6)` (the same number, without the cancellation
-    that ruins it in float32 for large ``a``), and :math:`\varphi = \arccos(1 - \delta)` as
-    :math:`2 \arcsin(\sqrt{\delta / 2})` with :math:`\delta / 2` clamped to ``[0, 1]``, which is the
-    arccos argument clamped to ``[-1, 1]`` without losing :math:`\delta` to rounding next to 1.
+    :math:`t = \sqrt{2 \lambda (a + 1)} - a / 2`.
+
+    The evaluation holds at any scale (``a``, ``step`` and ``x`` from 1e-150 to 1e150). The bracket is
+    :math:`|x| - \tfrac43 (\sqrt{a + |x|}\,\sin(\varphi / 6))^2` (the same number, without the
+    cancellation of the cosine form for large ``a``), and :math:`\varphi = \arccos(1 - \delta)` is
+    :math:`2 \arcsin(\sqrt{\delta / 2})` (no rounding of :math:`\delta` next to 1), with
+    :math:`\delta / 2 = (c\,a / (a + |x|))^3`, :math:`c^3 = 27 \lambda (a + 1) / (4 a^2)`, clamped to
+    ``[0, 1]`` (the arccos argument clamped to ``[-1, 1]``): the cube ``(a + |x|)^3`` of the
+    formula overflows for ``a = 1e150``. The work is done in float64 and the result cast back.
 
     Parameters
     ----------
@@ -305,14 +313,21 @@ def prox_transformed_l1(x, *, step: float, a: float):
     xp = namespace(x)
     if step == 0:
         return _arrays.copy(x)
-    if step <= a * a / (2 * (a + 1)):
-        threshold = step * (a + 1) / a
-    else:
-        threshold = math.sqrt(2 * step * (a + 1)) - a / 2
-    magnitudes = xp.abs(x)
-    shifted = a + magnitudes
-    half_delta = xp.clip(27 * step * a * (a + 1) / (4 * shifted ** 3), 0, 1)
-    phi = 2 * xp.arcsin(xp.sqrt(half_delta))
-    shrunk = magnitudes - (4.0 / 3.0) * shifted * xp.sin(phi / 6) ** 2
-    keep = magnitudes > _arrays.round_down(_arrays.new_array(threshold, x, dtype=xp.float64), x)
-    return xp.where(keep, xp.copysign(shrunk, x), 0)
+    threshold = _transformed_l1_threshold(step, a)
+    # Each factor is formed apart so that none overflows: cbrt(step), cbrt(a + 1), cbrt(a)^2.
+    cube_root = min(math.cbrt(6.75) * math.cbrt(step) * math.cbrt(a + 1) / math.cbrt(a) ** 2, 1e300)
+    values = _arrays.to_float64(x)
+    magnitudes = xp.abs(values)
+    ratio = a / (a + magnitudes)
+    half_root_delta = xp.clip(cube_root * ratio, 0.0, 1.0) ** 1.5
+    phi = 2.0 * xp.arcsin(half_root_delta)
+    shrunk = magnitudes - (4.0 / 3.0) * (xp.sqrt(a + magnitudes) * xp.sin(phi / 6.0)) ** 2
+    out = xp.where(magnitudes > threshold, xp.copysign(shrunk, values), 0.0)
+    return _arrays.cast_like(out, x)
+
+
+def _transformed_l1_threshold(step: float, a: float) -> float:
+    """Zhang and Xin's ``t`` (see :func:`prox_transformed_l1`), with no product that overflows."""
+    if step <= a * (a / (2.0 * (a + 1.0))):
+        return step * ((a + 1.0) / a)
+    return math.sqrt(2.0) * math.sqrt(step) * math.sqrt(a + 1.0) - a / 2.0
