@@ -19,6 +19,7 @@ array([1.5, 0. ])
 
 from __future__ import annotations
 
+from solvers import _arrays
 from solvers import prox as kernels
 
 import numpy as np
@@ -321,8 +322,10 @@ class TransformedL1(Penalty):
         return {"strength": self.strength, "a": self.a}
 
     def _value(self, x):
-        magnitudes = abs(x)
-        return (self.a + 1) * magnitudes / (self.a + magnitudes)
+        # In float64 and with |x| / (a + |x|) <= 1 formed first: (a + 1) |x| overflows for a = 1e150
+        # (and a float32 a + |x| for a = 1e40), giving inf / inf.
+        magnitudes = abs(_arrays.to_float64(x))
+        return _arrays.cast_like((self.a + 1) * (magnitudes / (self.a + magnitudes)), x)
 
     def _prox(self, x, weight):
         return kernels.prox_transformed_l1(x, step=weight, a=self.a)

@@ -102,3 +102,23 @@ def test_documented_formulas_at_their_thresholds():
 def test_bad_input_is_named(make, argument):
     with pytest.raises(InvalidInputError, match=argument):
         make()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_transformed_l1_with_huge_a_is_l1_in_value_and_prox(dtype):
+    """Issue 16: a = 1e150 gave NaN or wrong values. For a -> inf, rho_a(z) -> |z|."""
+    x = np.array([-3.0, 0.5, 0.0, 2.0, 1e30], dtype=dtype)
+    for a in (1e40, 1e150):
+        penalty = penalties.TransformedL1(0.5, a=a)
+        assert penalty.value(x) == pytest.approx(0.5 * float(np.abs(x.astype(float)).sum()), rel=1e-6)
+        np.testing.assert_allclose(penalty.prox(x, step=2.0), np.sign(x) * np.maximum(np.abs(x) - 1.0, 0),
+                                   rtol=1e-6)
+        tensor = penalty.value(torch.tensor(x))
+        assert torch.isfinite(tensor) and float(tensor) == pytest.approx(penalty.value(x), rel=1e-6)
+    # Entries far beyond a: each term is about a + 1, not inf / inf.
+    assert penalties.TransformedL1(1.0, a=1e150).value(np.array([1e160])) == pytest.approx(1e150, rel=1e-9)
+
+
+def test_transformed_l1_with_tiny_a_counts_nonzeros():
+    x = np.array([0.0, 1e-100, -2.0, 3.0])
+    assert penalties.TransformedL1(1.0, a=1e-150).value(x) == pytest.approx(3.0, rel=1e-12)

@@ -243,3 +243,13 @@ def test_net_trim_set_has_no_projection_and_checks_its_data():
         sets.NetTrimSet(X, np.where(Y == Y.max(), np.nan, Y), epsilon=0.1)
     with pytest.raises(InvalidInputError, match="U must have shape"):
         sets.NetTrimSet(X, Y, epsilon=0.1).contains(U[:-1])
+
+
+@pytest.mark.parametrize("radius", [1e16, 1e-150, 1e150])
+def test_l1_ball_far_outside_lands_on_the_boundary(radius):
+    """Issue 16: L1Ball(1e16).project of data near 1e32 came back 10% inside, and data 1e16 times
+    the radius or more came back as zeros."""
+    x = np.random.default_rng(0).standard_normal(10) * radius * 1e16
+    out = sets.L1Ball(radius).project(x)
+    assert abs(np.abs(out).sum() - radius) <= 1e-12 * radius
+    assert sets.L1Ball(radius).contains(out) and np.all(np.sign(out) * np.sign(x) >= 0)
