@@ -21,7 +21,7 @@ import cvxpy as cp
 import numpy as np
 
 import convexnet as cn
-from convexnet._layer_solve import ColumnProgram, ScaledLayer
+from convexnet.backends.cvxpy_columns import ColumnProblem
 from solvers import cvxpy_backend
 
 
@@ -36,15 +36,14 @@ def relu_layer(P, N, M, seed):
 def one_column(P, N, lam, backends):
     X, Y = relu_layer(P, N, 1, seed=0)
     prob = cn.NetTrimProblem(X, Y, lam=lam)
-    scaled = ScaledLayer.of(prob)
+    scaled, scaling = prob.program.scaled()
     print(f"\n1. one regularized column, N={N}, P={P}, lam={lam}")
     print(f"{'backend':>9} {'compile (s)':>12} {'solve (s)':>10} {'status':>18} {'objective':>14}")
     for backend in backends:
-        program = ColumnProgram(scaled.X_design, scaled.penalty_weights, form="regularized",
-                                lam=scaled.lam, has_inequality=True)
-        program.set_column(scaled.Y[:, 0], scaled.active[:, 0], scaled.V[:, 0])
-        info = cvxpy_backend.solve_problem(program.problem, backend)
-        W = program.u.value[:, None] * scaled.y_scale / scaled.x_scale
+        column = ColumnProblem(scaled)
+        column.set_column(0)
+        info = cvxpy_backend.solve_problem(column.problem, backend)
+        W = scaling.weights(column.w.value[:, None])
         print(f"{backend:>9} {info.compile_time:>12.2f} {info.solve_time:>10.2f} {info.status:>18} "
               f"{prob.objective(W):>14.8g}")
 
@@ -56,8 +55,6 @@ def small_layer(P, N, M, backends):
           f"{'status':>18} {'objective':>14}")
     for form, budget in (("constrained", dict(rel_epsilon=0.05)), ("regularized", dict(lam=10.0))):
         for backend in backends:
-            if backend == "osqp" and form == "constrained":
-                continue
             res = cn.NetTrimProblem(X, Y, **budget).solve(backend=backend)
             print(f"{form:>12} {backend:>9} {res.compile_time:>12.2f} {res.solve_time:>10.2f} "
                   f"{res.wall_time:>9.2f} {res.status:>18} {res.objective:>14.8g}")
@@ -66,23 +63,23 @@ def small_layer(P, N, M, backends):
 def dpp_reuse(P, N, M, repeats):
     X, Y = relu_layer(P, N, M, seed=2)
     prob = cn.NetTrimProblem(X, Y, lam=10.0)
-    scaled = ScaledLayer.of(prob)
+    scaled, _ = prob.program.scaled()
+    fit, below = scaled.fits
 
     def reuse():
-        program = ColumnProgram(scaled.X_design, scaled.penalty_weights, form="regularized",
-                                lam=scaled.lam, has_inequality=True)
+        column = ColumnProblem(scaled)
         for m in range(M):
-            program.set_column(scaled.Y[:, m], scaled.active[:, m], scaled.V[:, m])
-            cvxpy_backend.solve_problem(program.problem, "clarabel")
+            column.set_column(m)
+            cvxpy_backend.solve_problem(column.problem, "clarabel")
 
     def recompile():
         for m in range(M):
             u = cp.Variable(N)
-            active = scaled.active[:, m]
-            z = scaled.X_design @ u
+            active = fit.mask[:, m]
+            z = scaled.X @ u
             problem = cp.Problem(
-                cp.Minimize(cp.norm1(u) + scaled.lam * cp.sum_squares(z[active] - scaled.Y[active, m])),
-                [z[~active] <= scaled.V[~active, m]])
+                cp.Minimize(cp.norm1(u) + fit.weight * cp.sum_squares(z[active] - fit.target[active, m])),
+                [z[~active] <= below.target[~active, m]])
             cvxpy_backend.solve_problem(problem, "clarabel")
 
     times = {"reuse": [], "recompile": []}

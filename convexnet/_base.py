@@ -73,6 +73,10 @@ class ConstraintSet(Parametrized):
         unchanged, balls scale their radius."""
         return self
 
+    def free_rows(self, N: int) -> np.ndarray:
+        """A set constrains every row (bool, shape (N,), all False)."""
+        return np.zeros(N, dtype=bool)
+
     def select_columns(self, index) -> "ConstraintSet":
         """The set on the columns ``index`` of ``W`` (separable sets: one set per column)."""
         return self

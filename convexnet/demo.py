@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import backends
 from ._atomic import atomic_write
-from ._layer_solve import check_backend
 from .network import check_trim_options, forward, trim_network
 
 __all__ = ["spirals", "train_spirals_network", "run_demo", "DemoReport"]
@@ -133,7 +133,7 @@ def run_demo(*, out: str | None = "convexnet_demo.png", rel_epsilon: float = 0.0
 
     # Bad options fail here, before the training they would otherwise waste.
     check_trim_options(epsilon=None, rel_epsilon=rel_epsilon, lam=None, mode="cascade", gamma=gamma)
-    check_backend(backend, "constrained")
+    backends.get(backend)
     X, labels = spirals(seed=seed)
     log(f"[1/3] training a 2-{hidden}-{hidden}-2 ReLU network on {len(X)} spiral points")
     weights, biases = train_spirals_network(X, labels, hidden=hidden, steps=steps, seed=seed,

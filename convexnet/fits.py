@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._base import Parametrized
+from ._duality import stable_norm
 from ._validation import as_float_array, check_bool, check_scalar
 from .errors import InvalidInputError
 
@@ -150,8 +151,8 @@ class Squared(FitTerm):
         return expression, [], set_column
 
     def value(self, Z) -> float:
-        residual = self._on_mask(Z - self.target)
-        return self.weight * float(np.sum(residual * residual))
+        # Through a norm that rescales, so that data near float64's limits does not overflow.
+        return (np.sqrt(self.weight) * stable_norm(self._on_mask(Z - self.target))) ** 2
 
     def violation(self, Z, scale: float) -> np.ndarray:
         return np.zeros(self.shape[1])
@@ -246,9 +247,7 @@ class Budget(FitTerm):
 
     def _norms(self, Z):
         residual = self._on_mask(Z - self.target)
-        if self.per_column:
-            return np.linalg.norm(residual, axis=0)
-        return np.linalg.norm(residual)
+        return stable_norm(residual, axis=0) if self.per_column else stable_norm(residual)
 
     def value(self, Z) -> float:
         return 0.0
@@ -256,9 +255,9 @@ class Budget(FitTerm):
     def violation(self, Z, scale: float) -> np.ndarray:
         reference = self._on_mask(self.target)
         if self.per_column:
-            floor = BUDGET_SCALE_FLOOR * np.linalg.norm(reference, axis=0)
+            floor = BUDGET_SCALE_FLOOR * stable_norm(reference, axis=0)
         else:
-            floor = BUDGET_SCALE_FLOOR * np.linalg.norm(reference)
+            floor = BUDGET_SCALE_FLOOR * stable_norm(reference)
         denominator = np.maximum(np.maximum(self.epsilon, floor), np.finfo(float).tiny)
         excess = np.maximum(self._norms(Z) - self.epsilon, 0.0) / denominator
         return np.broadcast_to(excess, (self.shape[1],)).copy()
@@ -276,8 +275,8 @@ class Budget(FitTerm):
         L = self._on_mask(L)
         linear = np.sum(L * self.target, axis=0)
         if self.per_column:
-            return linear + self.epsilon * np.linalg.norm(L, axis=0)
-        return float(linear.sum()) + self.epsilon * float(np.linalg.norm(L))
+            return linear + self.epsilon * stable_norm(L, axis=0)
+        return float(linear.sum()) + self.epsilon * stable_norm(L)
 
     def dual_domain(self, L) -> np.ndarray:
         return L

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _layer_solve
 from ._duality import root_mean_square, stable_norm
-from ._validation import (as_float_array, check_bool, check_exactly_one, check_executor,
-                          check_scalar)
-from .certificates import primal_violation, verify
+from ._validation import as_float_array, check_bool, check_exactly_one, check_scalar
 from .errors import InvalidInputError
+from .fits import Below, Budget, Squared
+from .penalties import L1
+from .programs import SparsityProgram
+from .programs.program import attach_certificate
 
 __all__ = ["NetTrimProblem", "NetTrimResult"]
 
@@ -179,6 +180,18 @@ class NetTrimProblem:
                           else np.full(Y.shape[1], Y.shape[1] ** -0.5))
                 column_budgets = self.epsilon * shares
             self.column_budgets = column_budgets
+        self.program = self._program()
+
+    def _program(self) -> SparsityProgram:
+        """The layer as a :class:`~convexnet.SparsityProgram`: a fit on Omega (the squared loss, or
+        the budget of the layer or of each column), ``Z <= V`` off Omega, the weighted l1 norm."""
+        if self.form == "regularized":
+            fit = Squared(self.Y, weight=self.lam, mask=self.active)
+        else:
+            budget = self.column_budgets if self.column_budgets is not None else self.epsilon
+            fit = Budget(self.Y, budget, mask=self.active)
+        fits = [fit] if self.active.all() else [fit, Below(self.V, mask=~self.active)]
+        return SparsityProgram(self.X_design, fit=fits, penalty=L1(1.0, weights=self.penalty_weights))
 
     @classmethod
     def from_weights(cls, X, W, b=None, *, relu=True, **kwargs) -> "NetTrimProblem":
@@ -216,7 +229,7 @@ class NetTrimProblem:
     @property
     def decoupled(self) -> bool:
         """True when columns are independent programs (regularized, or split budgets)."""
-        return self.form == "regularized" or self.column_budgets is not None
+        return self.program.separable
 
     # ------------------------------------------------------------------------------- lowerings
     def to_cvxpy(self):
@@ -236,20 +249,11 @@ class NetTrimProblem:
         >>> problem, U = prob.to_cvxpy()                           # doctest: +SKIP
         >>> cp.Problem(problem.objective, problem.constraints + [U[0, :] == 0]).solve()  # doctest: +SKIP
         """
-        return _layer_solve.layer_program(self)
+        return self.program.to_cvxpy()
 
     def to_graph_form(self):
         """The layer in the ADMM contract ``min g(W) + f(Z) s.t. Z = X W`` (:mod:`solvers.graph_form`)."""
-        from solvers.graph_form import GraphForm
-
-        if self.form == "regularized":
-            loss, budget = "squared", None
-        elif self.column_budgets is not None:
-            loss, budget = "column_budget", self.column_budgets
-        else:
-            loss, budget = "budget", self.epsilon
-        return GraphForm(X=self.X_design, Y=self.Y, active=self.active, V=self.V, loss=loss,
-                         epsilon=budget, lam=self.lam, l1_weights=self.penalty_weights)
+        return self.program.to_graph_form()
 
     # ---------------------------------------------------------------------------------- solving
     def solve(self, backend: str = "auto", *, solver_options: dict | None = None, executor=None,
@@ -281,11 +285,6 @@ class NetTrimProblem:
         -------
         NetTrimResult
         """
-        requested = backend
-        backend = _layer_solve.resolve_backend(self, backend)
-        if not isinstance(certify, (bool, dict)):
-            raise InvalidInputError(f"certify must be True, False or a dict of tolerances; "
-                                    f"got {certify!r}.")
         if isinstance(certify, dict):
             unknown = sorted(set(certify) - {"gap_tol", "feas_tol"}, key=str)
             if unknown:
@@ -293,21 +292,9 @@ class NetTrimProblem:
                                         "may set are 'gap_tol' and 'feas_tol'.")
             certify = {key: check_scalar(f"certify[{key!r}]", value, low=0.0)
                        for key, value in certify.items()}
-        executor = check_executor("executor", executor)
-        verbose = check_bool("verbose", verbose)
-        start = time.perf_counter()
-        fallback = "clarabel" if requested.lower() == "auto" and backend == "admm" else None
-        raw = _layer_solve.solve_layer(self, backend, solver_options=solver_options,
-                                       executor=executor, verbose=verbose, fallback=fallback)
-        if "refined_columns" in raw.info:
-            backend = f"admm+{fallback}"
-        result = self._finish(raw, backend)
-        if certify is not False and result.W_design is not None:
-            tolerances = _layer_solve.certificate_tolerances(result.info)
-            tolerances.update(certify if isinstance(certify, dict) else {})
-            result.certificate = verify(result, **tolerances)
-            if not result.certificate.ok and result.status == "optimal":
-                result.status = "optimal_inaccurate"
+        solution, start = self.program._run(backend, solver_options, executor, certify, verbose)
+        result = self._finish(solution)
+        attach_certificate(result, solution, certify)
         result.wall_time = time.perf_counter() - start
         return result
 
@@ -317,25 +304,19 @@ class NetTrimProblem:
         return _relu(Z) if self.relu else Z
 
     def objective(self, W_design: np.ndarray) -> float:
-        """The program's objective at ``W_design`` (N_design, M)."""
-        value = float(np.sum(self.penalty_weights[:, None] * np.abs(W_design)))
-        if self.form == "regularized":
-            residual = np.where(self.active, self.X_design @ W_design - self.Y, 0.0)
-            value += (np.sqrt(self.lam) * stable_norm(residual)) ** 2
-        return value
+        """The program's objective at ``W_design`` (N_design, M) (:meth:`SparsityProgram.objective`)."""
+        return self.program.objective(W_design)
 
     def violation(self, W_design: np.ndarray) -> float:
         """Relative constraint violation of ``W_design``: 0 when feasible.
 
-        The larger of the budget excess relative to the layer budget, ``(||(Z - Y)_Omega|| -
-        epsilon)_+ / epsilon`` (with split budgets, the norm of the per-column excesses over
-        ``epsilon``), and the threshold excess ``max_{off Omega} (Z - V)_+ / max(|Y|_max, |V|_max)``;
-        see :func:`convexnet.certificates.primal_violation`, which certificates share.
+        The program's rule (:meth:`SparsityProgram.violation`), the one every backend and the
+        certificates use: the budget excess ``(||(Z - Y)_Omega|| - epsilon)_+`` relative to
+        ``max(epsilon, 1e-3 ||Y_Omega||)`` (per column with split budgets, the largest), and the
+        threshold excess ``max_{off Omega} (Z - V)_+`` relative to the largest magnitude of ``Y``
+        on Omega and ``V`` off it.
         """
-        budget = ({"lam": self.lam} if self.form == "regularized" else
-                  {"column_budgets": self.column_budgets} if self.column_budgets is not None else
-                  {"epsilon": self.epsilon})
-        return primal_violation(self.X_design, self.Y, self.active, self.V, W_design, **budget)
+        return self.program.violation(W_design)
 
     def clean(self, W_design: np.ndarray) -> np.ndarray:
         """Exact zeros by the rule of ``zero_tol`` (class docstring), feasibility preserved."""
@@ -357,14 +338,15 @@ class NetTrimProblem:
             tol /= 10.0
         return W_design
 
-    def _finish(self, raw: "_layer_solve.RawSolution", backend: str) -> "NetTrimResult":
-        result = NetTrimResult(problem=self, backend=backend, status=raw.status,
-                               solve_time=raw.solve_time, compile_time=raw.compile_time,
-                               column_status=raw.column_status, iterations=raw.iterations,
-                               dual=raw.dual, info=raw.info)
-        if raw.W_design is None:
+    def _finish(self, solution) -> "NetTrimResult":
+        result = NetTrimResult(problem=self, backend=solution.backend, status=solution.status,
+                               solve_time=solution.solve_time, compile_time=solution.compile_time,
+                               column_status=solution.info.get("column_status"),
+                               iterations=solution.iterations, dual=solution.dual,
+                               info=solution.info)
+        if solution.W is None:
             return result
-        W_design = self.clean(raw.W_design)
+        W_design = self.clean(solution.W)
         result.W_design = W_design
         result.objective = self.objective(W_design)
         result.violation = self.violation(W_design)

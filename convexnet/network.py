@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import backends
 from ._duality import stable_norm
-from ._layer_solve import auto_backend_for, check_backend, check_solver_options
+from .backends import auto
+from .backends import options as backend_options
 from ._validation import (as_float_array, check_bool, check_exactly_one, check_executor,
                           check_scalar)
 from .errors import InvalidInputError, SolverFailedError
@@ -197,11 +199,11 @@ def _check_network(weights, biases, X):
 
 def _check_layer_backends(backend, solver_options, weights, biases, X, lam) -> None:
     """Check the backend and every layer's solver options before any layer is solved."""
-    name = check_backend(backend, "regularized" if lam is not None else "constrained")
+    name = backends.get(backend).name
     for W, b in zip(weights, biases):
         P, N_design, M = X.shape[0], W.shape[0] + (b is not None), W.shape[1]
-        layer_backend = auto_backend_for(P, N_design, M) if name == "auto" else name
-        check_solver_options(solver_options, layer_backend)
+        layer_backend = auto.by_size(P, N_design, M) if name == "auto" else name
+        backend_options.check(solver_options, layer_backend)
 
 
 def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: str = "cascade",

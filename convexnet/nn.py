@@ -16,7 +16,8 @@ import torch
 
 from . import _torch_capture as capture_layers
 from . import _torch_trim_checks as checks
-from ._layer_solve import check_backend, resolve_backend, with_admm_defaults, worst_status
+from . import backends
+from .backends.options import with_admm_defaults
 from ._torch_write import build_update, write_all, write_update
 from .errors import SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
@@ -95,7 +96,7 @@ class LayerReport:
     @property
     def status(self) -> str:
         """The worst status over the layer's programs."""
-        return worst_status([result.status for result in self.results])
+        return backends.worst_status([result.status for result in self.results])
 
     @property
     def certificate(self) -> str:
@@ -225,7 +226,7 @@ def _solve_layer(spec, module, X, target, *, first, budget, backend, device, sol
         problem = NetTrimProblem(X_group, Y_group, relu=spec.relu, bias=b is not None,
                                  **keywords, **problem_options)
         options = solver_options
-        if resolve_backend(problem, backend) == "admm":
+        if backends.resolve(problem.program, backend) == "admm":
             options = with_admm_defaults(solver_options, device=device)
         result = problem.solve(backend=backend, solver_options=options or None, executor=executor,
                                certify=certify)
@@ -356,7 +357,7 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
     checks.check_model(model)
     gamma = check_trim_options(epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam, mode=mode,
                                gamma=gamma)
-    check_backend(backend, "regularized" if lam is not None else "constrained")
+    backends.get(backend)
     options = checks.check_options(
         max_samples=max_samples, seed=seed, batch_size=batch_size, device=device,
         executor=executor, progress=progress, solver_options=solver_options, certify=certify,

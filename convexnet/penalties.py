@@ -59,6 +59,11 @@ class Penalty(Parametrized):
         """The penalty on the columns ``index`` of ``W`` (separable penalties)."""
         return self
 
+    def free_rows(self, N: int) -> np.ndarray:
+        """The rows of ``W`` (N, M) the penalty does not touch (bool, shape (N,)): rescaling them
+        changes nothing. A zero strength leaves every row free."""
+        return np.full(N, self.strength == 0)
+
     def column_cvxpy(self, w, z):
         """One column's CVXPY lowering: ``(expression, constraints, set_column)``."""
         return self.cvxpy(w), [], lambda j: None
@@ -168,6 +173,14 @@ class L1(Penalty):
 
         weights = np.ones(1) if self.weights is None else self.weights
         return graph_terms.WeightedL1(self.strength * weights)
+
+    def free_rows(self, N: int) -> np.ndarray:
+        if self.strength == 0:
+            return np.ones(N, dtype=bool)
+        if self.weights is None:
+            return np.zeros(N, dtype=bool)
+        weights = self.weights if self.weights.ndim == 2 else self.weights[:, None]
+        return np.broadcast_to(weights == 0, (N, weights.shape[1])).all(axis=1)
 
     def select_columns(self, index) -> "L1":
         if self.weights is None or self.weights.ndim == 1:

@@ -22,9 +22,18 @@ import numpy as np
 
 from ..errors import BackendUnavailableError
 
-__all__ = ["Solution", "register", "get", "names", "select"]
+__all__ = ["Solution", "SEVERITY", "register", "get", "names", "resolve", "select", "worst_status"]
 
 _REGISTRY: dict = {}
+
+# Worst first: a result's status is the worst of its columns' (or layers').
+SEVERITY = ["solver_error", "unbounded", "infeasible", "max_iterations", "optimal_inaccurate",
+            "stationary", "optimal"]
+
+
+def worst_status(statuses) -> str:
+    """The most severe of ``statuses`` in the order of :data:`SEVERITY`."""
+    return min(statuses, key=SEVERITY.index)
 
 
 @dataclass
@@ -58,6 +67,12 @@ def get(name) -> object:
         raise BackendUnavailableError(f"unknown or uninstalled backend {name!r}; available here: "
                                       f"{', '.join(names())}.")
     return _REGISTRY[name.lower()]
+
+
+def resolve(program, name) -> str:
+    """The concrete backend ``name`` runs for ``program`` (``"auto"`` decided by its policy)."""
+    backend = get(name)
+    return auto.choose(program) if backend.name == "auto" else backend.name
 
 
 def select(program, name) -> object:

@@ -13,19 +13,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Solution, get
+from . import Solution, get, worst_status
 
-__all__ = ["AutoBackend", "AUTO_ADMM_SIZE", "choose"]
+__all__ = ["AutoBackend", "AUTO_ADMM_SIZE", "by_size", "choose"]
 
 #: Above this many entries of ``X`` times output columns (``P * N * M``), "auto" prefers ADMM.
 AUTO_ADMM_SIZE = 1e8
 
 
+def by_size(P: int, N: int, M: int) -> str:
+    """What ``"auto"`` prefers for a convex program of ``P`` samples, ``N`` inputs, ``M`` outputs."""
+    return "admm" if P * N * M > AUTO_ADMM_SIZE else "clarabel"
+
+
 def choose(program) -> str:
     """The backend ``"auto"`` runs for ``program``."""
-    P, N, M = program.shape
-    order = ["admm", "clarabel"] if (not program.convex or P * N * M > AUTO_ADMM_SIZE) else \
-        ["clarabel", "admm"]
+    preferred = "admm" if not program.convex else by_size(*program.shape)
+    order = [preferred, "clarabel" if preferred == "admm" else "admm"]
     for name in order:
         if get(name).accepts(program) is None:
             return name
@@ -71,8 +75,6 @@ def _refine(program, solution: Solution, options: dict, verbose: bool, executor)
     W, dual = solution.W.copy(), solution.dual.copy()
     W[:, redo], dual[:, redo] = sub.W, sub.dual
     kept = ["optimal"] if redo.size < W.shape[1] else []
-    from .cvxpy_columns import worst_status
-
     column_status = sub.info.get("column_status", [sub.status])
     return Solution(W, dual, worst_status(kept + list(column_status)),
                     solution.solve_time + sub.solve_time, solution.compile_time + sub.compile_time,

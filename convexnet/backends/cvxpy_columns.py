@@ -16,19 +16,11 @@ import numpy as np
 
 from solvers import cvxpy_backend
 
-from . import Solution
+from . import Solution, worst_status
 
-__all__ = ["solve_columns", "worst_status"]
+__all__ = ["ColumnProblem", "solve_columns"]
 
-# Worst first: a program's status is the worst of its columns'.
-SEVERITY = ["solver_error", "unbounded", "infeasible", "max_iterations", "optimal_inaccurate",
-            "optimal"]
 NO_SOLUTION = {"solver_error", "unbounded", "infeasible"}
-
-
-def worst_status(statuses) -> str:
-    """The most severe of ``statuses`` in the order of :data:`SEVERITY`."""
-    return min(statuses, key=SEVERITY.index)
 
 
 class ColumnProblem:

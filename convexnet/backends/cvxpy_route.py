@@ -70,11 +70,11 @@ class CVXPYBackend:
     def solve(self, program, options: dict, verbose: bool = False, executor=None) -> Solution:
         """Solve ``program`` in scaled units (:meth:`SparsityProgram.scaled`): separable programs
         column by column (:mod:`convexnet.backends.cvxpy_columns`), others whole."""
-        scaled, x_scale, y_scale = program.scaled()
+        scaled, scaling = program.scaled()
         solution = self._solve_scaled(scaled, options, verbose, executor)
         if solution.W is not None:
-            solution.W = solution.W * (y_scale / x_scale)
-            solution.dual = None if solution.dual is None else solution.dual / x_scale
+            solution.W = scaling.weights(solution.W)
+            solution.dual = scaling.dual(solution.dual)
         solution.tolerances = {"gap_tol": 1e-6, "feas_tol": 1e-6}
         return solution
 

@@ -217,25 +217,40 @@ class SparsityProgram:
                                penalty=[term.select_columns(index) for term in self.penalties],
                                constraints=[term.select_columns(index) for term in self.sets])
 
-    def scaled(self) -> tuple["SparsityProgram", float, float]:
-        """The same program in units that interior-point solvers like, and the two scales.
+    def scaled(self) -> tuple["SparsityProgram", "Scaling"]:
+        """The same program in units that interior-point solvers like, and its scales.
 
-        With ``x_scale`` the root mean square of ``X`` and ``y_scale`` that of the fit terms' targets
-        (1 when zero), the program in ``X' = X / x_scale`` and ``W' = W x_scale / y_scale`` (so
-        ``Z' = Z / y_scale``), its objective multiplied by ``x_scale / y_scale``, has the solution
-        ``W' `` and the dual ``Lambda' = x_scale Lambda``. Each term says how it scales.
+        With ``x`` the root mean square of ``X`` and ``y`` that of the fit terms' targets (1 when
+        zero), the program in ``X' = X / x_n`` (per column ``n``), ``W'[n] = W[n] x_n / y`` (so
+        ``Z' = Z / y``) with its objective multiplied by ``x / y`` has the solution ``W'`` and the
+        dual ``Lambda' = x Lambda``. ``x_n = x`` for every row a weight term touches; a row none
+        touches (an unpenalized bias row, say) is scaled by its own column's root mean square, so a
+        ones column next to data of size 1e-150 stays well scaled. Each term says how it scales.
+
+        Returns
+        -------
+        program : SparsityProgram
+        scaling : Scaling
+            The scales, and the map of a solution back.
         """
-        from .._duality import root_mean_square
+        from .._duality import root_mean_square, stable_norm
 
-        x_scale = root_mean_square(self.X) or 1.0
+        P, N, _ = self.shape
+        free = np.ones(N, dtype=bool)
+        for term in self.weight_terms:
+            free &= term.free_rows(N)
+        columns = stable_norm(self.X, axis=0) / np.sqrt(P)
+        x_scale = root_mean_square(self.X[:, ~free]) if (~free).any() else root_mean_square(self.X)
+        x_scale = x_scale or 1.0
+        x_scales = np.where(free & (columns > 0), columns, x_scale)
         targets = [term.target[term.mask] for term in self.fits if term.fits_target]
         y_scale = root_mean_square(np.concatenate(targets)) if targets else 0.0
         y_scale = y_scale or 1.0
-        program = SparsityProgram(self.X / x_scale,
+        program = SparsityProgram(self.X / x_scales,
                                   fit=[term.scaled(x_scale, y_scale) for term in self.fits],
                                   penalty=[term.scaled(x_scale, y_scale) for term in self.penalties],
                                   constraints=[term.scaled(x_scale, y_scale) for term in self.sets])
-        return program, x_scale, y_scale
+        return program, Scaling(x_scales, x_scale, y_scale)
 
     def replace(self, *, fit=None) -> "SparsityProgram":
         """The same program with other fit terms (penalties and sets kept)."""
@@ -322,6 +337,24 @@ def attach_certificate(result, solution, certify) -> None:
         result.status = "optimal_inaccurate"
     elif report.ok and result.status == "optimal_inaccurate":
         result.status = "optimal"
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """The scales of :meth:`SparsityProgram.scaled`: ``x_n`` per row of ``W``, ``x`` (the objective's
+    factor ``x / y``), and ``y``."""
+
+    x_per_row: np.ndarray
+    x: float
+    y: float
+
+    def weights(self, W_scaled: np.ndarray) -> np.ndarray:
+        """``W[n] = W'[n] y / x_n``."""
+        return W_scaled * (self.y / self.x_per_row)[:, None]
+
+    def dual(self, dual_scaled):
+        """``Lambda = Lambda' / x`` (None stays None)."""
+        return None if dual_scaled is None else dual_scaled / self.x
 
 
 @dataclass

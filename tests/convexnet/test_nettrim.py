@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import convexnet as cn
-from convexnet._layer_solve import ColumnProgram
+from convexnet.backends.cvxpy_columns import ColumnProblem
 
 # Objective agreement with the Clarabel oracle, relative, per backend (first-order solvers are
 # asked for 1e-8 but stop a little short of an interior point method).
@@ -187,18 +187,18 @@ def test_dual_is_the_gradient_of_the_loss():
 
 def test_regularized_compiles_one_column_program(monkeypatch):
     built = []
-    original = ColumnProgram.__init__
+    original = ColumnProblem.__init__
 
     def counting(self, *args, **kwargs):
         built.append(1)
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(ColumnProgram, "__init__", counting)
+    monkeypatch.setattr(ColumnProblem, "__init__", counting)
     X, Y, _, _ = make_layer(7, M=6)
-    res = cn.NetTrimProblem(X, Y, lam=1.0).solve(backend="clarabel")
+    problem = cn.NetTrimProblem(X, Y, lam=1.0)
+    res = problem.solve(backend="clarabel")
     assert len(built) == 1 and len(res.column_status) == 6
-    program = ColumnProgram(X, np.ones(8), form="regularized", lam=1.0, has_inequality=True)
-    assert program.problem.is_dpp()
+    assert ColumnProblem(problem.program).problem.is_dpp()
 
 
 def test_to_cvxpy_composes_with_user_constraints():
@@ -262,12 +262,22 @@ def test_bad_problem_input_raises_typed_error(kwargs, words):
         cn.NetTrimProblem(**kwargs)
 
 
+def test_osqp_solves_the_constrained_form_by_its_multiplier():
+    """The budget form is the squared-loss form at the right multiplier (OSQP takes QPs only)."""
+    X, Y, _, _ = make_layer(18)
+    for options in ({"rel_epsilon": 0.05}, {"rel_epsilon": 0.05, "split_budget": True}):
+        prob = cn.NetTrimProblem(X, Y, bias=True, **options)
+        reference = prob.solve(backend="clarabel")
+        result = prob.solve(backend="osqp")
+        assert result.status == "optimal" and result.certificate.ok
+        assert result.objective == pytest.approx(reference.objective, rel=1e-5)
+        assert result.info["multiplier_steps"] > 1
+
+
 def test_backend_errors_name_the_alternatives():
     prob = cn.NetTrimProblem(X_OK, Y_OK, epsilon=1.0)
     with pytest.raises(cn.BackendUnavailableError, match="clarabel"):
         prob.solve(backend="gurobi")
-    with pytest.raises(cn.BackendUnavailableError, match="regularized"):
-        prob.solve(backend="osqp")
     with pytest.raises(cn.InvalidInputError, match="solver_options"):
         prob.solve(backend="clarabel", solver_options=["max_iter"])
     with pytest.raises(cn.InvalidInputError, match="threads"):
@@ -319,17 +329,17 @@ def test_epsilon_array_gives_per_column_budgets():
 
 
 def test_auto_picks_clarabel_for_small_layers_and_admm_for_huge_ones(monkeypatch):
-    from convexnet import _layer_solve
+    from convexnet.backends import auto
 
     X, Y, _, _ = make_layer(16)
     prob = cn.NetTrimProblem(X, Y, lam=1.0, bias=True)
-    assert _layer_solve.resolve_backend(prob, "auto") == "clarabel"
-    monkeypatch.setattr(_layer_solve, "AUTO_ADMM_SIZE", X.size * Y.shape[1] / 2)
-    assert _layer_solve.resolve_backend(prob, "auto") == "admm"
+    assert auto.choose(prob.program) == "clarabel"
+    monkeypatch.setattr(auto, "AUTO_ADMM_SIZE", X.size * Y.shape[1] / 2)
+    assert auto.choose(prob.program) == "admm"
 
 
 def test_auto_solves_the_columns_admm_leaves_unfinished_with_clarabel(monkeypatch):
-    from convexnet import _layer_solve
+    from convexnet.backends import auto
 
     X, Y, _, _ = make_layer(17, P=60, M=8)
     prob = cn.NetTrimProblem(X, Y, rel_epsilon=0.05, bias=True, split_budget=True)
@@ -339,7 +349,7 @@ def test_auto_solves_the_columns_admm_leaves_unfinished_with_clarabel(monkeypatc
     cap = int(np.sort(free.iterations)[len(free.iterations) // 2])
     capped = prob.solve(backend="admm", solver_options={"max_iterations": cap})
     assert capped.status == "max_iterations" and capped.backend == "admm"
-    monkeypatch.setattr(_layer_solve, "AUTO_ADMM_SIZE", 0)
+    monkeypatch.setattr(auto, "AUTO_ADMM_SIZE", 0)
     result = prob.solve(backend="auto", solver_options={"max_iterations": cap})
     refined = result.info["refined_columns"]
     admm = capped.info["admm"]

@@ -123,8 +123,8 @@ W_OK, B_OK, X_OK = make_network(0, sizes=(3, 5, 2), P=20)
     (dict(weights=W_OK, X=X_OK * np.nan, rel_epsilon=0.1), cn.InvalidInputError, "NaN"),
     (dict(weights=W_OK, X=X_OK, rel_epsilon=0.1, backend="mosek"), cn.BackendUnavailableError,
      "available"),
-    (dict(weights=W_OK, X=X_OK, rel_epsilon=0.1, backend="osqp"), cn.BackendUnavailableError,
-     "quadratic"),
+    (dict(weights=W_OK, X=X_OK, rel_epsilon=0.1, backend="osqp",
+          solver_options={"no_such_option": 1}), cn.InvalidInputError, "no_such_option"),
 ])
 def test_bad_network_input_raises_before_work(kwargs, error, words):
     with pytest.raises(error, match=words):
@@ -132,11 +132,11 @@ def test_bad_network_input_raises_before_work(kwargs, error, words):
 
 
 def test_solver_options_are_checked_for_every_layer_before_the_first_is_solved(monkeypatch):
-    from convexnet import _layer_solve
+    from convexnet.backends import auto
 
     weights, biases, X = make_network(7, sizes=(3, 6, 2), P=40)
     # Layer 1 (40 x 4 x 6 = 960) goes to ADMM under "auto", layer 2 (40 x 7 x 2 = 560) to Clarabel.
-    monkeypatch.setattr(_layer_solve, "AUTO_ADMM_SIZE", 700)
+    monkeypatch.setattr(auto, "AUTO_ADMM_SIZE", 700)
     seen = []
     with pytest.raises(cn.InvalidInputError, match="'bogus'"):
         cn.trim_network(weights, X, rel_epsilon=0.1, biases=biases,

@@ -368,8 +368,8 @@ def bad_cases():
          "max_samples"),
         (dict(model=model, inputs=inputs(shape=(10, 7)), rel_epsilon=0.1), cn.InvalidInputError,
          "calibration inputs"),
-        (dict(model=model, inputs=X, rel_epsilon=0.1, backend="osqp"), cn.BackendUnavailableError,
-         "quadratic"),
+        (dict(model=model, inputs=X, rel_epsilon=0.1, backend="osqp",
+          solver_options={"no_such_option": 1}), cn.InvalidInputError, "no_such_option"),
         (dict(model=np.eye(3), inputs=X, rel_epsilon=0.1), cn.InvalidInputError, "torch.nn.Module"),
     ]
 
