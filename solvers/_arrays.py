@@ -127,7 +127,9 @@ def round_down(value, like):
     float64 threshold: ``a > round_down(t)`` holds if and only if ``a > t``.
     """
     xp = namespace(value)
-    rounded = cast_like(value, like)
+    # A value beyond the dtype's range casts to inf, which the step below brings back to its largest.
+    with np.errstate(over="ignore"):
+        rounded = cast_like(value, like)
     too_high = to_float64(rounded) > value
     below = xp.nextafter(rounded, new_array(-np.inf, rounded))
     return xp.where(too_high, below, rounded)
