@@ -76,11 +76,11 @@ class CertificateReport:
     primal_violation : float
         ``max(budget_violation, inequality_violation)``; 0 for a feasible ``W``.
     budget_violation : float
-        ``(||r_A|| - epsilon)_+ / epsilon`` with ``r = Z - Y`` (per-column budgets: the norm of the
-        columns' excesses over the norm of the budgets; ``||Y||_F`` replaces a zero budget). 0 for the
-        regularized form.
+        ``(||r_A|| - epsilon)_+ / max(epsilon, 1e-3 ||Y_A||)`` with ``r = Z - Y`` (per-column
+        budgets: the largest over columns). 0 for the regularized form.
     inequality_violation : float
-        ``max_{off A} (Z - V)_+ / max(max|Y|, max|V|)`` (scale 1 when both are 0).
+        ``max_{off A} (Z - V)_+`` over the largest magnitude of ``Y`` on A and ``V`` off it (1 when
+        both are 0). Both parts are the fit terms' rule (:mod:`convexnet.fits`).
     primal, dual : float
         The primal objective at ``W`` and the dual objective at the repaired ``Lambda``.
     form : str
@@ -220,8 +220,7 @@ def duality_gap(X, Y, active, V, W, dual=None, *, epsilon=None, column_budgets=N
     primal = float(np.sum(weights[:, None] * np.abs(W)))
     if loss.kind == "regularized":
         primal += (np.sqrt(loss.lam) * stable_norm(residual)) ** 2
-    budget_violation = _budget_violation(residual, Y, loss)
-    inequality_violation = _inequality_violation(Z, Y, V, active)
+    budget_violation, inequality_violation = _violations(X, Y, active, V, W, loss)
     violation = max(budget_violation, inequality_violation)
 
     source = "supplied" if dual is not None else "constructed"
@@ -362,41 +361,36 @@ def _layer_loss(epsilon, column_budgets, lam, M) -> LayerLoss:
     return LayerLoss("per_column", budgets=budgets)
 
 
-def _budget_violation(residual, Y, loss: LayerLoss) -> float:
-    """Budget excess relative to the layer's budget.
+def _fit_terms(Y, active, V, loss: LayerLoss) -> list:
+    """The layer's fit terms (:mod:`convexnet.fits`): the loss on Omega and ``Z <= V`` off it."""
+    from .fits import Below, Budget, Squared
 
-    Coupled: ``(||r_A|| - epsilon)_+ / epsilon``. Per column: ``||((||r_m|| - epsilon_m)_+)_m|| /
-    ||(epsilon_m)_m||``, so that ``||r_A|| <= epsilon (1 + violation)`` for the layer either way (a
-    near-dead column with a tiny budget does not dominate). A zero budget is replaced by ``||Y||_F``.
-    """
     if loss.kind == "regularized":
-        return 0.0
-    if loss.kind == "coupled":
-        excess, budget = max(stable_norm(residual) - loss.epsilon, 0.0), loss.epsilon
+        fit = Squared(Y, weight=loss.lam, mask=active)
     else:
-        excess = stable_norm(np.maximum(stable_norm(residual, axis=0) - loss.budgets, 0.0))
-        budget = stable_norm(loss.budgets)
-    scale = budget if budget > 0 else (stable_norm(Y) or 1.0)
-    return excess / scale
+        fit = Budget(Y, loss.epsilon if loss.kind == "coupled" else loss.budgets, mask=active)
+    return [fit] if active.all() else [fit, Below(V, mask=~active)]
+
+
+def _violations(X, Y, active, V, W, loss: LayerLoss) -> tuple[float, float]:
+    """``(budget part, inequality part)`` of the relative violation, by the fit terms' one rule
+    (:meth:`convexnet.SparsityProgram.violation`, which every backend uses too)."""
+    Z = X @ W
+    terms = _fit_terms(Y, active, V, loss)
+    scale = max(term.scale() for term in terms) or 1.0
+    parts = [float(term.violation(Z, scale).max(initial=0.0)) for term in terms]
+    return parts[0], (parts[1] if len(parts) > 1 else 0.0)
 
 
 def primal_violation(X, Y, active, V, W, *, epsilon=None, column_budgets=None,
                      lam=None) -> float:
     """Relative constraint violation of ``W`` for the layer program: 0 when feasible.
 
-    The larger of the budget excess (:func:`_budget_violation`) and the threshold excess
-    ``max_{off A} (Z - V)_+ / max(|Y|_max, |V|_max)``. The one definition used by
-    :func:`duality_gap` and by ``NetTrimProblem.violation``. Inputs as in :func:`duality_gap`
-    (already validated arrays).
+    The larger of the budget excess ``(||r|| - epsilon)_+ / max(epsilon, 1e-3 ||Y_Omega||)`` (per
+    column for per-column budgets, the largest) and the threshold excess ``max_{off A} (Z - V)_+``
+    over the largest magnitude of ``Y`` on A and ``V`` off it: the fit terms' rule
+    (:mod:`convexnet.fits`), shared by every backend, :func:`duality_gap` and
+    ``NetTrimProblem.violation``. Inputs as in :func:`duality_gap` (already validated arrays).
     """
-    Z = X @ W
     loss = _layer_loss(epsilon, column_budgets, lam, Y.shape[1])
-    residual = np.where(active, Z - Y, 0.0)
-    return max(_budget_violation(residual, Y, loss), _inequality_violation(Z, Y, V, active))
-
-
-def _inequality_violation(Z, Y, V, active) -> float:
-    if active.all():
-        return 0.0
-    scale = max(float(np.abs(Y).max()), float(np.abs(V).max())) or 1.0
-    return max(float(np.max(np.where(active, 0.0, Z - V))), 0.0) / scale
+    return max(_violations(X, Y, active, V, W, loss))
