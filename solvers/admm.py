@@ -256,7 +256,7 @@ def solve_graph_form(form: GraphForm, *, rho: float | None = None, alpha: float 
                      dtype=torch.float64, device="cpu", warm_start=None,
                      adaptive_rho: bool = True, threads: int | None = None,
                      verbose: bool = False) -> ADMMResult:
-    """Solve ``minimize g(W) + f(Z) subject to Z = X @ W`` (a :class:`GraphForm`) by batched ADMM.
+    """Solve ``minimize sum g_i(W) + sum f_j(Z) s.t. Z = X @ W`` (a :class:`GraphForm`) by batched ADMM.
 
     Parameters
     ----------
@@ -302,10 +302,13 @@ def solve_graph_form(form: GraphForm, *, rho: float | None = None, alpha: float 
     Examples
     --------
     >>> import numpy as np
+    >>> from solvers import graph_terms
     >>> from solvers.graph_form import GraphForm
     >>> rng = np.random.default_rng(0)
     >>> X = rng.standard_normal((40, 8)); Y = np.maximum(X @ rng.standard_normal((8, 3)), 0)
-    >>> form = GraphForm(X, Y, active=Y > 0, loss="squared", lam=10.0)
+    >>> fits = [graph_terms.QuadraticFit(Y, Y > 0, 10.0),
+    ...         graph_terms.UpperBound(np.zeros_like(Y), Y <= 0)]
+    >>> form = GraphForm.from_terms(X, fits, [graph_terms.WeightedL1(np.ones(8))])
     >>> result = solve_graph_form(form)
     >>> result.status
     'optimal'

@@ -71,6 +71,8 @@ def get(name) -> object:
 
 def resolve(program, name) -> str:
     """The concrete backend ``name`` runs for ``program`` (``"auto"`` decided by its policy)."""
+    from . import auto
+
     backend = get(name)
     return auto.choose(program) if backend.name == "auto" else backend.name
 

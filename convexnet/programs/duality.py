@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..fits import Below, Budget, Squared
+from ..fits import Budget, Squared
 
 __all__ = ["ProgramCertificate", "certify_program"]
 

@@ -1,7 +1,9 @@
 """Graph-form ADMM against an independent CVXPY/Clarabel formulation, plus its own invariants.
 
-The oracle below is written from the program's statement (``solvers/graph_form.py``), one constraint per
-column and per mask, not from the engine's code. Tiny layers (P=60, N=20, M=5) keep the file fast.
+The programs are Net-Trim layers built from the engine's terms (``solvers/graph_terms.py``): a fit on
+the mask (a budget for the layer, one per column, or the squared loss) and ``Z <= V`` off it, with a
+weighted l1 penalty. The oracle below is written from that statement, one constraint per column and
+per mask, not from the engine's code. Tiny layers (P=60, N=20, M=5) keep the file fast.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from solvers.admm import check_options, solve_graph_form
+from solvers.admm import check_options
 from solvers import graph_terms
+from solvers.admm import solve_graph_form as _solve_graph_form
 from solvers.admm_operators import GraphProjection, soft_threshold
 from solvers.graph_form import GraphForm
 
@@ -22,6 +25,46 @@ LOSSES = ("budget", "column_budget", "squared")
 MASKS = ("relu", "relu_thresholds", "linear")
 TARGET = 1e-4  # issue 4: objective and constraints within 1e-4 (relative) of Clarabel
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+    """A Net-Trim layer's data and its graph form (the program the engine solves)."""
+
+    X: object
+    Y: object
+    active: object
+    V: object = None
+    loss: str = "budget"
+    epsilon: object = None
+    lam: float | None = None
+    l1_weights: object = None
+
+    def __post_init__(self):
+        if self.V is None:
+            zeros = torch.zeros_like(self.Y) if torch.is_tensor(self.Y) else np.zeros_like(self.Y)
+            object.__setattr__(self, "V", zeros)
+        if self.l1_weights is None:
+            object.__setattr__(self, "l1_weights", np.ones(self.X.shape[1]))
+
+    @property
+    def form(self) -> GraphForm:
+        if self.loss == "squared":
+            fit = graph_terms.QuadraticFit(self.Y, self.active, self.lam)
+        else:
+            fit = graph_terms.BallFit(self.Y, self.active, self.epsilon,
+                                      per_column=self.loss == "column_budget")
+        outputs = [fit] if bool(self.active.all()) else [fit, graph_terms.UpperBound(self.V, ~self.active)]
+        weights = self.l1_weights
+        return GraphForm.from_terms(self.X, outputs, [graph_terms.WeightedL1(weights)])
+
+    def __getattr__(self, name):
+        # objective, violation, shape, assess: the form's.
+        return getattr(self.form, name)
+
+
+def solve_graph_form(layer, **options):
+    return _solve_graph_form(layer.form if isinstance(layer, Layer) else layer, **options)
 
 
 def make_layer(mask: str, *, P=60, N=20, M=5, seed=0, bias=False):
@@ -49,12 +92,12 @@ def make_layer(mask: str, *, P=60, N=20, M=5, seed=0, bias=False):
 def make_form(loss: str, mask: str, *, l1_weights=None, **layer):
     X, Y, active, V = make_layer(mask, **layer)
     if loss == "budget":
-        return GraphForm(X, Y, active, V, loss, epsilon=0.05 * np.linalg.norm(Y[active]),
+        return Layer(X, Y, active, V, loss, epsilon=0.05 * np.linalg.norm(Y[active]),
                          l1_weights=l1_weights)
     if loss == "column_budget":
         epsilon = 0.05 * np.linalg.norm(np.where(active, Y, 0.0), axis=0)
-        return GraphForm(X, Y, active, V, loss, epsilon=epsilon, l1_weights=l1_weights)
-    return GraphForm(X, Y, active, V, loss, lam=5.0, l1_weights=l1_weights)
+        return Layer(X, Y, active, V, loss, epsilon=epsilon, l1_weights=l1_weights)
+    return Layer(X, Y, active, V, loss, lam=5.0, l1_weights=l1_weights)
 
 
 def solve_with_clarabel(form: GraphForm):
@@ -191,7 +234,7 @@ def test_dual_convention(loss, mask):
 def test_warm_start_reduces_iterations():
     form = make_form("column_budget", "relu")
     cold = solve_graph_form(form)
-    nearby = GraphForm(form.X, form.Y, form.active, form.V, "column_budget", epsilon=form.epsilon * 1.05)
+    nearby = Layer(form.X, form.Y, form.active, form.V, "column_budget", epsilon=form.epsilon * 1.05)
     cold_nearby = solve_graph_form(nearby)
     warm_nearby = solve_graph_form(nearby, warm_start=cold)
     assert warm_nearby.status == "optimal"
@@ -247,11 +290,11 @@ def test_wide_layer_uses_the_inversion_lemma():
 
 def test_tensor_inputs_give_tensors():
     X, Y, active, V = make_layer("relu")
-    form = GraphForm(torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(active), None,
-                     "squared", lam=5.0)
+    form = Layer(torch.from_numpy(X), torch.from_numpy(Y), torch.from_numpy(active), None,
+                 "squared", lam=5.0)
     result = solve_graph_form(form, dtype=torch.float32)
     assert isinstance(result.W, torch.Tensor) and result.W.dtype == torch.float32
-    numpy_result = solve_graph_form(GraphForm(X, Y, active, None, "squared", lam=5.0))
+    numpy_result = solve_graph_form(Layer(X, Y, active, None, "squared", lam=5.0))
     np.testing.assert_allclose(result.W.numpy(), numpy_result.W, atol=2e-3)
 
 
@@ -320,17 +363,18 @@ def test_prox_operators_against_naive_loops():
 
 def test_bad_input_raises_before_work():
     X, Y, active, V = make_layer("relu")
-    with pytest.raises(ValueError, match="epsilon"):
-        GraphForm(X, Y, active, V, "budget", epsilon=-1.0)
-    with pytest.raises(ValueError, match="loss"):
-        GraphForm(X, Y, active, V, "hinge", epsilon=1.0)
-    with pytest.raises(ValueError, match="Y must have"):
-        GraphForm(X, Y[:-1], active, V, "squared", lam=1.0)
+    fit = graph_terms.QuadraticFit(Y, active, 1.0)
+    below = graph_terms.UpperBound(V, ~active)
+    l1 = graph_terms.WeightedL1(np.ones(X.shape[1]))
+    with pytest.raises(ValueError, match="overlap"):
+        GraphForm.from_terms(X, [fit, graph_terms.UpperBound(V, active)], [l1])
+    with pytest.raises(ValueError, match="shape"):
+        GraphForm.from_terms(X[:-1], [fit, below], [l1])
     with pytest.raises(ValueError, match="NaN"):
-        GraphForm(np.full_like(X, np.nan), Y, active, V, "squared", lam=1.0)
-    with pytest.raises(ValueError, match="l1_weights"):
-        GraphForm(X, Y, active, V, "squared", lam=1.0, l1_weights=-np.ones(X.shape[1]))
-    form = GraphForm(X, Y, active, V, "squared", lam=1.0)
+        GraphForm.from_terms(np.full_like(X, np.nan), [fit, below], [l1])
+    with pytest.raises(ValueError, match="at least one output"):
+        GraphForm.from_terms(X, [], [l1])
+    form = GraphForm.from_terms(X, [fit, below], [l1])
     with pytest.raises(ValueError, match="alpha"):
         solve_graph_form(form, alpha=2.5)
     with pytest.raises(ValueError, match="dtype"):
@@ -342,7 +386,7 @@ def test_bad_input_raises_before_work():
     with pytest.raises(ValueError, match="rel_tol"):
         check_options(rel_tol=-1.0)
     previous = solve_graph_form(form, max_iterations=1)
-    narrower = GraphForm(X[:, :-1], Y, active, V, "squared", lam=1.0)
+    narrower = GraphForm.from_terms(X[:, :-1], [fit, below], [graph_terms.WeightedL1(np.ones(X.shape[1] - 1))])
     with pytest.raises(ValueError, match="warm_start.W"):
         solve_graph_form(narrower, warm_start=previous)
 
@@ -352,7 +396,7 @@ def test_rho_changes_are_held_longer_each_time():
     from solvers.admm import _balance_rho
     from solvers.admm_state import admm_step, initial_state, prepare
 
-    form = make_form("column_budget", "relu")
+    form = make_form("column_budget", "relu").form
     data = prepare(form, dtype=torch.float64, device="cpu")
     state = admm_step(data, initial_state(data), alpha=1.6, with_residuals=True)
     ones = torch.ones_like(state.primal_residual)
