@@ -8,13 +8,14 @@ from . import certificates, errors, fits, penalties, sets
 from .errors import BackendUnavailableError, ConvexnetError, InvalidInputError, SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
 from .network import NetworkResult, trim_network
-from .programs import ProgramResult, SparsityProgram
+from .programs import GramData, ProgramResult, SparsityProgram
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
     "ConvexnetError",
+    "GramData",
     "InvalidInputError",
     "NetTrimProblem",
     "NetTrimResult",

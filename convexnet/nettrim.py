@@ -181,6 +181,9 @@ class NetTrimProblem:
                 column_budgets = self.epsilon * shares
             self.column_budgets = column_budgets
         self.program = self._program()
+        # Set by from_gram: the statistics, and ||Y[:, m]||^2 left after the best fit on X's range.
+        self.gram = None
+        self.residual_floor = np.zeros(Y.shape[1])
 
     def _program(self) -> SparsityProgram:
         """The layer as a :class:`~convexnet.SparsityProgram`: a fit on Omega (the squared loss, or
@@ -192,6 +195,76 @@ class NetTrimProblem:
             fit = Budget(self.Y, budget, mask=self.active)
         fits = [fit] if self.active.all() else [fit, Below(self.V, mask=~self.active)]
         return SparsityProgram(self.X_design, fit=fits, penalty=L1(1.0, weights=self.penalty_weights))
+
+    @classmethod
+    def from_gram(cls, gram, *, epsilon=None, rel_epsilon=None, lam=None, bias: bool = False,
+                  penalize_bias: bool = True, split_budget: bool = False,
+                  **options) -> "NetTrimProblem":
+        """A linear layer's program from its sufficient statistics (:class:`convexnet.GramData`).
+
+        Without a mask the fit depends on the samples only through ``X^T X``, ``X^T Y`` and
+        ``||Y||``; the program is solved in the compressed sample form of
+        :mod:`convexnet.programs.gram` (``r <= N`` rows, memory independent of P), with the same
+        solution as the sample form. The budget is the layer's, ``||X W + b - Y||_F <= epsilon``
+        (``rel_epsilon`` relative to ``||Y||_F``); in the compressed program it becomes
+        ``sqrt(epsilon^2 - floor^2)``, where ``floor`` (``residual_floor``) is the part of ``Y`` that
+        no ``W`` reaches. ``result.discrepancy`` is the full ``||X W + b - Y||_F``.
+
+        Parameters
+        ----------
+        gram : GramData
+        epsilon, rel_epsilon, lam
+            Exactly one, as for the class (``epsilon`` may hold one budget per column).
+        bias, penalize_bias, split_budget
+            As for the class.
+        **options
+            ``zero_tol``, ``feas_tol``.
+
+        Raises
+        ------
+        InvalidInputError
+            When the budget is below the floor (no ``W`` meets it).
+        """
+        from .programs.gram import GramData, compress
+
+        if not isinstance(gram, GramData):
+            raise InvalidInputError(f"gram must be a convexnet.GramData; got {type(gram).__name__}.")
+        bias = check_bool("bias", bias)
+        check_exactly_one({"epsilon": epsilon, "rel_epsilon": rel_epsilon, "lam": lam},
+                          " (epsilon or rel_epsilon: constrained form; lam: regularized form)")
+        design = gram.with_bias() if bias else gram
+        R, T, floor = compress(design)
+        y_norms = np.sqrt(gram.y_squares)
+        total = float(np.sqrt(gram.y_squares.sum()))
+        budget = {"lam": lam} if lam is not None else {}
+        if lam is None:
+            full = (check_scalar("rel_epsilon", rel_epsilon, low=0.0) * total if epsilon is None
+                    else epsilon)
+            if np.ndim(full) == 0 and check_bool("split_budget", split_budget):
+                shares = y_norms / total if total > 0 else np.full(y_norms.shape, y_norms.size ** -0.5)
+                full = check_scalar("epsilon", full, low=0.0) * shares
+            if np.ndim(full) == 1:
+                full = as_float_array("epsilon", full, ndim=1)
+                squares, floors = full ** 2, floor
+            else:
+                full = check_scalar("epsilon", full, low=0.0)
+                squares, floors = full ** 2, float(floor.sum())
+            short = np.asarray(squares - floors) < 0
+            if short.any():
+                raise InvalidInputError(
+                    f"epsilon is below the least-squares floor: no W reaches ||X W - Y|| <= epsilon "
+                    f"(floor {np.sqrt(np.sum(floor)):.6g} for the layer); raise the budget.")
+            budget = {"epsilon": np.sqrt(np.maximum(squares - floors, 0.0))}
+        problem = cls(R, T, relu=False, **budget, **options)
+        if bias:
+            problem.bias = True
+            problem.X = R[:, :-1]
+            problem.penalize_bias = check_bool("penalize_bias", penalize_bias)
+            if not problem.penalize_bias:
+                problem.penalty_weights[-1] = 0.0
+            problem.program = problem._program()
+        problem.gram, problem.residual_floor = gram, floor
+        return problem
 
     @classmethod
     def from_weights(cls, X, W, b=None, *, relu=True, **kwargs) -> "NetTrimProblem":
@@ -223,8 +296,10 @@ class NetTrimProblem:
     # ----------------------------------------------------------------------------------- shapes
     @property
     def shape(self) -> tuple[int, int, int]:
-        """``(P, N, M)``: samples, inputs (without the bias column), outputs."""
-        return self.X.shape[0], self.X.shape[1], self.Y.shape[1]
+        """``(P, N, M)``: samples (those of the Gram data for a Gram-form problem), inputs (without
+        the bias column), outputs."""
+        samples = self.gram.n if self.gram is not None else self.X.shape[0]
+        return samples, self.X.shape[1], self.Y.shape[1]
 
     @property
     def decoupled(self) -> bool:
@@ -304,8 +379,10 @@ class NetTrimProblem:
         return _relu(Z) if self.relu else Z
 
     def objective(self, W_design: np.ndarray) -> float:
-        """The program's objective at ``W_design`` (N_design, M) (:meth:`SparsityProgram.objective`)."""
-        return self.program.objective(W_design)
+        """The program's objective at ``W_design`` (N_design, M) (:meth:`SparsityProgram.objective`);
+        a Gram-form regularized problem adds back ``lam`` times the floor its compression left out."""
+        offset = self.lam * float(np.sum(self.residual_floor)) if self.form == "regularized" else 0.0
+        return self.program.objective(W_design) + offset
 
     def violation(self, W_design: np.ndarray) -> float:
         """Relative constraint violation of ``W_design``: 0 when feasible.
@@ -351,7 +428,9 @@ class NetTrimProblem:
         result.objective = self.objective(W_design)
         result.violation = self.violation(W_design)
         Z = self.X_design @ W_design
-        result.discrepancy = stable_norm(self.activation(Z) - self.Y)
+        # A Gram-form problem adds back the part of Y no W reaches (zero for sample data).
+        result.discrepancy = float(np.sqrt(stable_norm(self.activation(Z) - self.Y) ** 2
+                                           + float(np.sum(self.residual_floor))))
         return result
 
 

@@ -4,6 +4,7 @@
 :mod:`convexnet.sets`) and knows its lowerings; :class:`ProgramResult` is what every backend returns.
 """
 
+from .gram import GramData
 from .program import ProgramResult, SparsityProgram
 
-__all__ = ["ProgramResult", "SparsityProgram"]
+__all__ = ["GramData", "ProgramResult", "SparsityProgram"]
