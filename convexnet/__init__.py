@@ -4,7 +4,26 @@ Declare pruning programs (Net-Trim for a layer or a network, norm balls, sparsit
 objects, verify dual certificates, and swap solver backends with one argument.
 """
 
-from . import certificates, errors, fits, penalties, sets
+import os as _os
+import sys as _sys
+
+
+def _launched_by_dash_m() -> bool:
+    """Whether ``python -m convexnet`` is importing this package in order to run it."""
+    argv = list(getattr(_sys, "orig_argv", ()))
+    return (_sys.argv[:1] == ["-m"] and "-m" in argv
+            and argv[argv.index("-m") + 1:][:1] == [__name__])
+
+
+# `python -m convexnet` puts the current folder first on sys.path, then imports this package (and
+# numpy, scipy and cvxpy through it) before convexnet/__main__.py runs: a numpy.py lying there would
+# be executed. When this package is the -m target, the folder is dropped before any other import;
+# a program that imports convexnet is left alone.
+if (_launched_by_dash_m() and not _sys.flags.safe_path and _sys.path
+        and _sys.path[0] in ("", _os.getcwd())):
+    del _sys.path[0]
+
+from . import certificates, errors, fits, penalties, sets  # noqa: E402
 from .errors import BackendUnavailableError, ConvexnetError, InvalidInputError, SolverFailedError
 from .nettrim import NetTrimProblem, NetTrimResult
 from .network import NetworkResult, trim_network
