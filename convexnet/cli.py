@@ -4,7 +4,7 @@ Subcommands:
 
 * ``convexnet demo``: paper 004's Figure 1 on nested spirals (:mod:`convexnet.demo`).
 * ``convexnet prune``: Net-Trim on a saved torch model (:func:`convexnet.nn.trim`; file formats in
-  :mod:`convexnet._torch_io`); ``--save-results DIR`` keeps every layer program and solution.
+  :mod:`convexnet.nn.io`); ``--save-results DIR`` keeps every layer program and solution.
 * ``convexnet certify``: duality-gap certificates of saved results (``NetTrimResult.save`` files, or
   the directory ``prune --save-results`` wrote), checked independently of the solver.
 
@@ -83,16 +83,16 @@ def _solver_options(text):
 def _prune(args) -> int:
     import torch
 
-    from . import _torch_io
+    from .nn import io as torch_io
     from .nn import trim
 
-    _torch_io.check_paths(args.model, args.calibration, args.out)
+    torch_io.check_paths(args.model, args.calibration, args.out)
     if args.save_results is not None and Path(args.save_results).exists() \
             and not Path(args.save_results).is_dir():
         raise InvalidInputError(f"--save-results {args.save_results!r} is a file; give a folder "
                                 "(created if missing).")
-    loaded = _torch_io.load_model(args.model, args.arch, trust_pickle=args.trust_pickle)
-    inputs = _torch_io.load_calibration(args.calibration)
+    loaded = torch_io.load_model(args.model, args.arch, trust_pickle=args.trust_pickle)
+    inputs = torch_io.load_calibration(args.calibration)
     if args.device is not None:
         try:
             loaded.model.to(torch.device(args.device))
@@ -106,7 +106,7 @@ def _prune(args) -> int:
                   batch_size=args.batch_size, split_budget=args.split_budget,
                   allow_inaccurate=args.allow_inaccurate,
                   solver_options=_solver_options(args.solver_options), progress=_progress_printer())
-    _torch_io.save_model(loaded, args.out, keep_masks=args.keep_masks)
+    torch_io.save_model(loaded, args.out, keep_masks=args.keep_masks)
     if args.save_results is not None:
         _save_results(report, args.save_results)
     print(report.table())

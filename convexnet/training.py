@@ -50,9 +50,9 @@ from dataclasses import dataclass
 
 import torch
 
-from . import _training_layers as layer_tools
-from ._torch_capture import effective_tensor
-from ._torch_write import LayerUpdate, write_all
+from .nn import training_support as layer_tools
+from .nn.capture import effective_tensor
+from .nn.write import LayerUpdate, write_all
 from ._validation import check_bool, check_scalar
 from .errors import InvalidInputError
 from .penalties import Penalty
@@ -459,7 +459,7 @@ class RVSM(_OptimizerWrapper):
 
         The values are copied into the existing parameters and each weight's zero pattern is
         registered with ``torch.nn.utils.prune.custom_from_mask``, exactly as
-        :func:`convexnet.nn.trim` writes (see :mod:`convexnet._torch_write`): ``prune.is_pruned``
+        :func:`convexnet.nn.trim` writes (see :mod:`convexnet.nn.write`): ``prune.is_pruned``
         holds, fine-tuning keeps the zeros, ``prune.remove`` makes them permanent. All layers are
         written or none. With ``penalize_bias`` the bias gets ``u``'s values (its zeros are not
         masked). Afterwards ``w = u``.

@@ -17,7 +17,8 @@ from torch.nn.utils import prune  # noqa: E402
 
 import convexnet as cn  # noqa: E402
 import convexnet.nn as cnn  # noqa: E402
-from convexnet import _torch_capture, cli  # noqa: E402
+from convexnet import cli  # noqa: E402
+from convexnet.nn import capture as nn_capture  # noqa: E402
 
 
 def mlp(seed=0, dtype=torch.float64, sizes=(5, 16, 12, 3)):
@@ -153,8 +154,8 @@ def test_unfold_form_equals_conv2d(options):
     x = torch.randn(3, 4, 9, 7, dtype=torch.float64)
     with torch.no_grad():
         y = conv(x)
-    X, Y = _torch_capture.layer_rows(conv, x, y)
-    blocks = _torch_capture.design_blocks(conv)
+    X, Y = nn_capture.layer_rows(conv, x, y)
+    blocks = nn_capture.design_blocks(conv)
     assert len(blocks) == conv.groups
     Z = np.zeros(Y.shape)
     for ins, outs, W, b in blocks:
@@ -312,12 +313,12 @@ def test_relu_detection_and_explicit_relu():
     model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Dropout(0.1),
                                 torch.nn.ReLU(inplace=True), torch.nn.Linear(6, 6),
                                 torch.nn.Tanh(), torch.nn.Linear(6, 2))
-    assert _torch_capture.detect_relu(model) == {"0"}
+    assert nn_capture.detect_relu(model) == {"0"}
     names = ["0", "3", "5"]
-    assert _torch_capture.resolve_relu(names, model, None) == {"0": True, "3": False, "5": False}
-    assert _torch_capture.resolve_relu(names, model, {"3": True}) == {"0": True, "3": True,
+    assert nn_capture.resolve_relu(names, model, None) == {"0": True, "3": False, "5": False}
+    assert nn_capture.resolve_relu(names, model, {"3": True}) == {"0": True, "3": True,
                                                                        "5": False}
-    assert _torch_capture.resolve_relu(names, model, {"5"}) == {"0": False, "3": False, "5": True}
+    assert nn_capture.resolve_relu(names, model, {"5"}) == {"0": False, "3": False, "5": True}
 
 
 class FunctionalRelu(torch.nn.Module):

@@ -11,7 +11,7 @@ from torch.nn.utils import prune  # noqa: E402
 
 from convexnet import penalties, sets  # noqa: E402
 from convexnet import training  # noqa: E402
-from convexnet._torch_capture import conv_patches  # noqa: E402
+from convexnet.nn.capture import conv_patches  # noqa: E402
 from convexnet.errors import InvalidInputError  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]

@@ -15,7 +15,8 @@ from torch.nn.utils import prune  # noqa: E402
 
 import convexnet as cn  # noqa: E402
 import convexnet.nn as cnn  # noqa: E402
-from convexnet import _torch_capture, penalties, sets, training  # noqa: E402
+from convexnet import penalties, sets, training  # noqa: E402
+from convexnet.nn import capture as nn_capture  # noqa: E402
 
 
 def mlp(seed=0, sizes=(5, 12, 10, 3)):
@@ -260,7 +261,7 @@ def test_default_selection_skips_tied_layers_and_says_so(share_storage):
 def test_naming_a_tied_layer_is_refused_before_any_work(monkeypatch, layers):
     model = TiedMiddle()
     before = snapshot(model)
-    monkeypatch.setattr(_torch_capture, "working_copy", no_work)
+    monkeypatch.setattr(nn_capture, "working_copy", no_work)
     with pytest.raises(cn.InvalidInputError, match=r"'[ab]'.*[ab]\.weight.*untie"):
         cnn.trim(model, data((40, 5)), rel_epsilon=0.1, layers=layers, backend="clarabel")
     assert_bit_identical(model, before)
@@ -328,7 +329,7 @@ def test_bad_options_raise_typed_errors_before_any_work(monkeypatch, case):
     options, words = BAD_OPTIONS[case]
     model = mlp()
     before = snapshot(model)
-    monkeypatch.setattr(_torch_capture, "working_copy", no_work)
+    monkeypatch.setattr(nn_capture, "working_copy", no_work)
     arguments = {"inputs": data(), "rel_epsilon": 0.1, "backend": "clarabel", **options}
     with pytest.raises(cn.InvalidInputError, match=words):
         cnn.trim(model, **arguments)

@@ -2,8 +2,8 @@
 
 ``import convexnet.nn`` (``import convexnet`` alone does not import torch). The one entry point is
 :func:`trim`; it returns a :class:`TrimReport`. Layers become Net-Trim programs
-(:class:`convexnet.NetTrimProblem`) as described in :mod:`convexnet._torch_capture`; the weights
-are written back as described in :mod:`convexnet._torch_write`.
+(:class:`convexnet.NetTrimProblem`) as described in :mod:`convexnet.nn.capture`; the weights
+are written back as described in :mod:`convexnet.nn.write`.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import _torch_capture as capture_layers
-from . import _torch_trim_checks as checks
-from . import backends
-from .backends.options import with_admm_defaults
-from ._torch_write import build_update, write_all, write_update
-from .errors import SolverFailedError
-from .nettrim import NetTrimProblem, NetTrimResult
-from .network import (affine, cascade_budget, check_trim_options, layer_budget, next_bound,
+from . import capture as capture_layers
+from . import checks
+from .. import backends
+from ..backends.options import with_admm_defaults
+from .write import build_update, write_all, write_update
+from ..errors import SolverFailedError
+from ..nettrim import NetTrimProblem, NetTrimResult
+from ..network import (affine, cascade_budget, check_trim_options, layer_budget, next_bound,
                       raise_if_failed)
 
 __all__ = ["trim", "TrimReport", "LayerReport"]

@@ -19,10 +19,10 @@ import warnings
 import numpy as np
 import torch
 
-from . import _torch_capture as capture_layers
-from ._validation import (check_bool, check_device, check_executor, check_finite_data,
+from . import capture as capture_layers
+from .._validation import (check_bool, check_device, check_executor, check_finite_data,
                           check_integer, is_tensor)
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 __all__ = ["check_model", "reference_tensor", "calibration_batches", "check_options",
            "shared_parameters", "choose_layers"]

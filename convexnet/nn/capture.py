@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
 __all__ = ["LayerSpec", "SUPPORTED", "find_layers", "detect_relu", "resolve_relu", "layer_rows",
            "design_blocks", "effective_tensor", "count_rows", "select_rows", "capture",

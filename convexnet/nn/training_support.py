@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import InvalidInputError, SolverFailedError
-from .penalties import Penalty
-from .sets import ConstraintSet, NetTrimSet
+from ..errors import InvalidInputError, SolverFailedError
+from ..penalties import Penalty
+from ..sets import ConstraintSet, NetTrimSet
 
 __all__ = ["SUPPORTED", "Constraint", "layer_matrix", "write_matrix", "check_layer", "check_optimizer",
            "optimized", "check_unique", "check_constraints", "named_layers", "compute_dtype",

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from torch.nn.utils import prune
 
-from ._atomic import atomic_write
-from .errors import InvalidInputError
+from .._atomic import atomic_write
+from ..errors import InvalidInputError
 
 __all__ = ["LoadedModel", "check_paths", "load_model", "load_calibration", "save_model",
            "build_architecture"]

@@ -1,0 +1,31 @@
+"""convexnet for ``torch.nn`` models: Net-Trim on a model in place, and the layer adapters it uses.
+
+``import convexnet.nn`` loads torch (``import convexnet`` alone does not). The entry point is
+:func:`trim`, which returns a :class:`TrimReport` (one :class:`LayerReport` per layer). The modules:
+
+:mod:`convexnet.nn.trimming`
+    :func:`trim`: captures, the layer programs, the report.
+:mod:`convexnet.nn.capture`
+    which layers, which have a ReLU, and their activations, captured with forward hooks.
+:mod:`convexnet.nn.write`
+    refit weights written in place, zeros registered with ``torch.nn.utils.prune``, all or nothing.
+:mod:`convexnet.nn.checks`
+    the checks ``trim`` runs before any work.
+:mod:`convexnet.nn.io`
+    the files of the ``convexnet prune`` command.
+:mod:`convexnet.nn.training_support`
+    what :mod:`convexnet.training` needs: argument checks and all-or-nothing optimizer steps.
+
+Examples
+--------
+>>> import torch
+>>> import convexnet.nn as cnn
+>>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+>>> report = cnn.trim(model, torch.randn(64, 4), rel_epsilon=0.05)  # doctest: +SKIP
+>>> sorted(cnn.__all__)
+['LayerReport', 'TrimReport', 'trim']
+"""
+
+from .trimming import LayerReport, TrimReport, trim
+
+__all__ = ["trim", "TrimReport", "LayerReport"]
