@@ -13,6 +13,9 @@ Three cases (issue 4):
 
 The data have the statistics of ReLU activations: ``X = relu(G @ R / sqrt(N))`` with Gaussian ``G`` and
 ``R`` (nonnegative, about half zeros) and targets ``Y = relu(X @ W0)`` with Gaussian ``W0 / sqrt(N)``.
+Each layer is a ``cn.NetTrimProblem``; ADMM solves its ``to_graph_form()`` directly
+(``solvers.admm.solve_graph_form``: no cleaning, no certificate), and Clarabel a CVXPY statement written
+from the same data. Both are judged by the graph form's ``objective`` and ``violation``.
 
 Run ``python benchmarks/admm.py`` for everything, ``--case layer --samples 2000 --features 196
 --columns 40`` for a quick run. Case 2 times one and two torch threads side by side (small matrices
@@ -35,78 +38,80 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import convexnet as cn  # noqa: E402
 from solvers.admm import solve_graph_form  # noqa: E402
-from solvers.graph_form import GraphForm  # noqa: E402
 
 
 def relu_layer(P: int, N: int, M: int, seed: int = 0):
-    """Activations X (P, N) >= 0, targets Y = relu(X W0) (P, M) and the active mask Y > 0."""
+    """Activations X (P, N) >= 0 and targets Y = relu(X W0) (P, M)."""
     rng = np.random.default_rng(seed)
     X = np.maximum(rng.standard_normal((P, N)) @ (rng.standard_normal((N, N)) / np.sqrt(N)), 0.0)
     Y = np.maximum(X @ (rng.standard_normal((N, M)) / np.sqrt(N)), 0.0)
-    return X, Y, Y > 0
+    return X, Y
 
 
-def column_forms(X, Y, active, *, rel_epsilon: float, lam: float) -> dict[str, GraphForm]:
-    """The two column-separable Net-Trim forms: per-column budgets and the regularized form."""
-    budgets = rel_epsilon * np.linalg.norm(np.where(active, Y, 0.0), axis=0)
-    return {"constrained (column budgets)": GraphForm(X, Y, active, None, "column_budget",
-                                                      epsilon=budgets),
-            f"regularized (lam={lam:g})": GraphForm(X, Y, active, None, "squared", lam=lam)}
+def column_problems(X, Y, *, rel_epsilon: float, lam: float) -> dict[str, cn.NetTrimProblem]:
+    """The two column-separable Net-Trim forms: per-column budgets and the regularized form.
+
+    Omega is ``Y > 0`` and ``Z <= 0`` off it (the problem's defaults); ADMM gets each one's
+    ``to_graph_form()``.
+    """
+    budgets = rel_epsilon * np.linalg.norm(Y, axis=0)
+    return {"constrained (column budgets)": cn.NetTrimProblem(X, Y, epsilon=budgets),
+            f"regularized (lam={lam:g})": cn.NetTrimProblem(X, Y, lam=lam)}
 
 
-def clarabel_program(form: GraphForm, columns) -> tuple[cp.Problem, cp.Variable]:
-    """The form's program restricted to ``columns``, as CVXPY states it (one block per column)."""
-    X, Y, active, V = form.X, form.Y, form.active, form.V
+def clarabel_program(problem: cn.NetTrimProblem, columns) -> tuple[cp.Problem, cp.Variable]:
+    """The layer's program restricted to ``columns``, as CVXPY states it (one block per column).
+
+    Written from the problem's data (``X_design``, ``Y``, ``active``, ``V``, its budgets or ``lam``),
+    not from its lowering, so that Clarabel's time is that of the plain statement.
+    """
+    X, Y, active, V = problem.X_design, problem.Y, problem.active, problem.V
     W = cp.Variable((X.shape[1], len(columns)))
-    objective = cp.sum(cp.multiply(np.outer(form.l1_weights, np.ones(len(columns))), cp.abs(W)))
+    weights = np.outer(problem.penalty_weights, np.ones(len(columns)))
+    objective = cp.sum(cp.multiply(weights, cp.abs(W)))
     constraints, residuals = [], []
     for j, m in enumerate(columns):
         on, off = active[:, m], ~active[:, m]
         residual = X[on] @ W[:, j] - Y[on, m]
         residuals.append(residual)
-        if form.loss == "column_budget":
-            constraints.append(cp.norm(residual, 2) <= form.epsilon[m])
+        if problem.column_budgets is not None:
+            constraints.append(cp.norm(residual, 2) <= problem.column_budgets[m])
         if off.any():
             constraints.append(X[off] @ W[:, j] <= V[off, m])
-    if form.loss == "squared":
-        objective = objective + form.lam * cp.sum_squares(cp.hstack(residuals))
-    elif form.loss == "budget":
-        constraints.append(cp.norm(cp.hstack(residuals), 2) <= form.epsilon)
+    if problem.form == "regularized":
+        objective = objective + problem.lam * cp.sum_squares(cp.hstack(residuals))
+    elif problem.column_budgets is None:
+        constraints.append(cp.norm(cp.hstack(residuals), 2) <= problem.epsilon)
     return cp.Problem(cp.Minimize(objective), constraints), W
 
 
-def solve_clarabel(form: GraphForm, columns, time_limit: float | None = None):
+def solve_clarabel(problem: cn.NetTrimProblem, columns, time_limit: float | None = None):
     """Solve the program on ``columns`` with Clarabel; returns (W or None, seconds incl. compile, status)."""
     start = time.perf_counter()
-    problem, W = clarabel_program(form, columns)
+    cvxpy_problem, W = clarabel_program(problem, columns)
     options = {} if time_limit is None else {"time_limit": time_limit}
     try:
-        problem.solve(solver=cp.CLARABEL, **options)
+        cvxpy_problem.solve(solver=cp.CLARABEL, **options)
     except cp.error.SolverError:
         return None, time.perf_counter() - start, "solver_error"
-    return W.value, time.perf_counter() - start, problem.status
-
-
-def sub_form(form: GraphForm, columns) -> GraphForm:
-    """The same program on a subset of columns (for judging both solvers on the same columns)."""
-    epsilon = form.epsilon[columns] if form.loss == "column_budget" else form.epsilon
-    return GraphForm(form.X, form.Y[:, columns], form.active[:, columns], form.V[:, columns],
-                     form.loss, epsilon=epsilon, lam=form.lam, l1_weights=form.l1_weights)
+    return W.value, time.perf_counter() - start, cvxpy_problem.status
 
 
 def case_layer(args) -> list[str]:
     P, N, M = args.samples, args.features, args.columns
-    X, Y, active = relu_layer(P, N, M, seed=args.seed)
+    X, Y = relu_layer(P, N, M, seed=args.seed)
     lines = [f"### Case 1: layer P={P}, N={N}, M={M}, ADMM {args.dtype} on the CPU",
-             f"(active fraction {active.mean():.2f}; Clarabel on {args.clarabel_columns} sampled "
+             f"(active fraction {(Y > 0).mean():.2f}; Clarabel on {args.clarabel_columns} sampled "
              f"columns, median time x {M})", ""]
     header = ("| form | ADMM time (s) | ADMM status, iterations (median / max) | Clarabel time per "
               "column (s, median) | Clarabel extrapolated (s) | speedup | objective rel. diff "
               "(ADMM vs Clarabel, sampled columns) | violation ADMM / Clarabel |")
     lines += [header, "|" + "---|" * 8]
     sampled = np.random.default_rng(args.seed + 1).choice(M, size=args.clarabel_columns, replace=False)
-    for name, form in column_forms(X, Y, active, rel_epsilon=args.rel_epsilon, lam=args.lam).items():
+    for name, problem in column_problems(X, Y, rel_epsilon=args.rel_epsilon, lam=args.lam).items():
+        form = problem.to_graph_form()
         admm_times, result = [], None
         for _ in range(args.repeats):
             result = solve_graph_form(form, dtype=args.dtype)
@@ -114,17 +119,18 @@ def case_layer(args) -> list[str]:
         admm_time = statistics.median(admm_times)
         clarabel_times, clarabel_W = [], []
         for m in sampled:
-            W, seconds, status = solve_clarabel(form, [m])
+            W, seconds, status = solve_clarabel(problem, [m])
             clarabel_times.append(seconds)
             clarabel_W.append(W[:, 0] if W is not None else np.full(N, np.nan))
             print(f"  clarabel column {m}: {seconds:.1f} s, {status}", flush=True)
         clarabel_column = statistics.median(clarabel_times)
         extrapolated = clarabel_column * M
-        judged = sub_form(form, sampled)
+        # The sampled columns' own program (the forms are separable), to judge both solvers on it.
+        judged = problem.program.select_columns(sampled).to_graph_form()
         admm_W = np.asarray(result.W, dtype=np.float64)
         reference = np.stack(clarabel_W, axis=1)
         admm_objective, clarabel_objective = judged.objective(admm_W[:, sampled]), judged.objective(reference)
-        # Violations on the whole layer's scale (the inequality part divides by the layer's max |Y|),
+        # Violations on the whole layer's scale (a bound's part divides by the layer's max |Y|),
         # with Clarabel's columns put in place of ADMM's.
         with_reference = admm_W.copy()
         with_reference[:, sampled] = reference
@@ -142,9 +148,10 @@ def case_layer(args) -> list[str]:
 
 def case_spirals(args) -> list[str]:
     P = N = M = 200
-    X, Y, active = relu_layer(P, N, M, seed=args.seed)
-    form = GraphForm(X, Y, active, None, "budget",
-                     epsilon=args.rel_epsilon * np.linalg.norm(np.where(active, Y, 0.0)))
+    X, Y = relu_layer(P, N, M, seed=args.seed)
+    # One budget for the whole layer, rel_epsilon ||Y||_F: the columns are coupled.
+    problem = cn.NetTrimProblem(X, Y, rel_epsilon=args.rel_epsilon)
+    form = problem.to_graph_form()
     # One and two torch threads, alternated in one run (a shared box's load moves over time).
     times, result = {1: [], 2: []}, None
     for _ in range(max(args.repeats, 7)):
@@ -160,7 +167,7 @@ def case_spirals(args) -> list[str]:
                      f"{result.iterations.max()} iterations | {result.objective:.6g} | "
                      f"{result.violation:.1e} |")
     print(lines[-1], flush=True)
-    W, seconds, status = solve_clarabel(form, list(range(M)), time_limit=args.clarabel_limit)
+    W, seconds, status = solve_clarabel(problem, list(range(M)), time_limit=args.clarabel_limit)
     if W is not None and status in ("optimal", "optimal_inaccurate"):
         lines.append(f"| Clarabel, whole coupled layer | {seconds:.1f} | {status} | "
                      f"{form.objective(W):.6g} | {form.violation(W):.1e} |")
@@ -178,11 +185,12 @@ def case_gpu(args) -> list[str]:
         print("Case 3 (GPU, N=1568, M=512, P=60000): skipped (no CUDA)")
         return ["### Case 3: GPU N=1568, M=512, P=60000", "", "skipped (no CUDA)"]
     P, N, M = 60000, 1568, 512
-    X, Y, active = relu_layer(P, N, M, seed=args.seed)
+    X, Y = relu_layer(P, N, M, seed=args.seed)
     lines = [f"### Case 3: GPU ({torch.cuda.get_device_name()}) P={P}, N={N}, M={M}, float32", "",
              "| form | time (s) incl. setup | setup (s) | status | iterations (median / max) | "
              "violation |", "|---|---|---|---|---|---|"]
-    for name, form in column_forms(X, Y, active, rel_epsilon=args.rel_epsilon, lam=args.lam).items():
+    for name, problem in column_problems(X, Y, rel_epsilon=args.rel_epsilon, lam=args.lam).items():
+        form = problem.to_graph_form()
         solve_graph_form(form, dtype="float32", device="cuda", max_iterations=20)  # warm-up
         result = solve_graph_form(form, dtype="float32", device="cuda")
         lines.append(f"| {name} | {result.setup_time + result.solve_time:.2f} | {result.setup_time:.2f} "
