@@ -2,9 +2,12 @@
 
 Clarabel and SCS take every convex program of the catalog as CVXPY compiles it (second-order cones for
 budgets and group norms, a semidefinite cone for the nuclear ball). OSQP takes quadratic programs only;
-it reaches a program whose one non-quadratic part is a :class:`~convexnet.fits.Budget` by the
-reduction of :mod:`convexnet.backends.osqp_budget` (the budget form equals the squared-loss form at the
-right multiplier, found by a safeguarded root search).
+it reaches the rest by two documented reductions: a program whose one non-quadratic part is a
+:class:`~convexnet.fits.Budget` by :mod:`convexnet.backends.osqp_budget` (the budget form equals the
+squared-loss form at the right multiplier, found by a safeguarded root search), and a program with a
+penalty that is not a quadratic program but has a prox (``GroupL1``) by
+:mod:`convexnet.backends.osqp_splitting` (ADMM that splits those penalties and the budgets off, with
+OSQP solving the quadratic rest). Sets that are not quadratic programs (``NuclearBall``) are refused.
 """
 
 from __future__ import annotations
@@ -63,13 +66,21 @@ class CVXPYBackend:
                     "(a prox method can take it)")
         if self.name != "osqp":
             return None
-        from . import osqp_budget
+        from . import osqp_budget, osqp_splitting
 
+        if osqp_splitting.split_penalties(program):
+            return osqp_splitting.reason_to_refuse(program)
         return osqp_budget.reason_to_refuse(program)
 
     def solve(self, program, options: dict, verbose: bool = False, executor=None) -> Solution:
         """Solve ``program`` in scaled units (:meth:`SparsityProgram.scaled`): separable programs
-        column by column (:mod:`convexnet.backends.cvxpy_columns`), others whole."""
+        column by column (:mod:`convexnet.backends.cvxpy_columns`), others whole. OSQP's splitting
+        scales the program itself: its stopping rule is the certificate of the program as given."""
+        if self.name == "osqp":
+            from . import osqp_splitting
+
+            if osqp_splitting.split_penalties(program):
+                return osqp_splitting.solve(program, options, verbose)
         scaled, scaling = program.scaled()
         solution = self._solve_scaled(scaled, options, verbose, executor)
         if solution.W is not None:

@@ -26,7 +26,7 @@ from ..fits import Budget
 from . import Solution
 from .cvxpy_route import NO_SOLUTION, solve_cvxpy
 
-__all__ = ["budgets", "reason_to_refuse", "solve"]
+__all__ = ["budgets", "is_quadratic", "reason_to_refuse", "solve"]
 
 #: The search stops when every column's ``||r||`` is within this fraction of its budget (below it).
 RELATIVE_TOL = 1e-8
@@ -38,19 +38,20 @@ def budgets(program) -> list:
     return [term for term in program.fits if isinstance(term, Budget)]
 
 
-def _non_quadratic(program) -> list[str]:
-    """Names of the terms on ``W`` whose CVXPY lowering is not quadratic-program representable."""
+def is_quadratic(term, shape) -> bool:
+    """Whether the CVXPY lowering of ``term`` (a penalty or a set on ``W`` of ``shape``) is a QP."""
     import cvxpy as cp
 
-    W = cp.Variable((program.X.shape[1], program.M))
-    names = []
-    for term in program.penalties:
-        if not cp.Problem(cp.Minimize(term.cvxpy(W))).is_qp():
-            names.append(type(term).__name__)
-    for term in program.sets:
-        if not cp.Problem(cp.Minimize(0), term.constraints(W)).is_qp():
-            names.append(type(term).__name__)
-    return names
+    W = cp.Variable(shape)
+    if getattr(term, "is_constraint", False):
+        return cp.Problem(cp.Minimize(0), term.constraints(W)).is_qp()
+    return cp.Problem(cp.Minimize(term.cvxpy(W))).is_qp()
+
+
+def _non_quadratic(program) -> list[str]:
+    """Names of the terms on ``W`` whose CVXPY lowering is not quadratic-program representable."""
+    shape = (program.X.shape[1], program.M)
+    return [type(term).__name__ for term in program.weight_terms if not is_quadratic(term, shape)]
 
 
 def reason_to_refuse(program) -> str | None:
