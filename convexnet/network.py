@@ -1,7 +1,9 @@
 """Net-Trim for a whole network: parallel (Algorithm 1) and cascade (Algorithm 2) of paper 004.
 
 Batch-first: layer ``l`` maps ``Y_{l-1}`` (P, N_{l-1}) to ``Y_l = act(Y_{l-1} @ W_l + b_l)`` (P, N_l)
-with ``Y_0 = X``; every layer but the last has a ReLU (``last_relu`` says for the last).
+with ``Y_0 = X``; every layer but the last has a ReLU (``last_relu`` says for the last). The loop
+over the layers is :func:`convexnet.programs.cascade.run` (shared with :func:`convexnet.nn.trim`);
+this module says how a network of arrays gives a layer's input and takes its refit.
 """
 
 from __future__ import annotations
@@ -12,23 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backends
-from ._duality import stable_norm
-from .backends import auto
-from .backends import options as backend_options
-from ._validation import (as_float_array, check_bool, check_exactly_one, check_executor,
-                          check_scalar)
-from .errors import InvalidInputError, SolverFailedError
-from .nettrim import NetTrimProblem, NetTrimResult
+from ._validation import as_float_array, check_bool, check_executor
+from .errors import InvalidInputError
+from .programs import cascade
+from .programs.cascade import (Block, Budget, LayerStep, Solving, affine, cascade_budget,
+                               check_trim_options, layer_budget, next_bound, raise_if_failed)
 
 __all__ = ["trim_network", "NetworkResult", "affine", "forward", "check_trim_options",
            "layer_budget", "cascade_budget", "next_bound", "raise_if_failed"]
-
-_MODES = ("parallel", "cascade")
-
-
-def affine(X: np.ndarray, W: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    """``X @ W + b`` (``b`` None: no bias), shapes (P, N) @ (N, M) + (M,)."""
-    return X @ W if b is None else X @ W + b
 
 
 def forward(weights, biases, X, *, last_relu: bool = False) -> list[np.ndarray]:
@@ -39,70 +32,6 @@ def forward(weights, biases, X, *, last_relu: bool = False) -> list[np.ndarray]:
         Y = np.maximum(Z, 0.0) if (index < len(weights) - 1 or last_relu) else Z
         outputs.append(Y)
     return outputs
-
-
-def check_trim_options(*, epsilon, rel_epsilon, lam, mode: str, gamma) -> float:
-    """Check the budget, mode and gamma shared by every network-level trim; return ``gamma``.
-
-    Exactly one of ``epsilon``, ``rel_epsilon`` (``>= 0``) and ``lam`` (``> 0``) is given, ``mode`` is
-    "cascade" or "parallel" and ``gamma >= 1`` (the inflation rate of eq. 7).
-    """
-    if mode not in _MODES:
-        raise InvalidInputError(f"mode must be 'cascade' or 'parallel'; got {mode!r}.")
-    check_exactly_one({"epsilon": epsilon, "rel_epsilon": rel_epsilon, "lam": lam})
-    gamma = check_scalar("gamma", gamma)
-    if gamma < 1.0:
-        raise InvalidInputError(f"gamma must be >= 1 (the inflation rate of eq. 7); got {gamma}.")
-    for name, value in (("epsilon", epsilon), ("rel_epsilon", rel_epsilon)):
-        if value is not None:
-            check_scalar(name, value, low=0.0)
-    if lam is not None:
-        check_scalar("lam", lam, low=0.0, low_inclusive=False)
-    return gamma
-
-
-def layer_budget(Y: np.ndarray, *, epsilon=None, rel_epsilon=None, lam=None) -> dict:
-    """The budget keyword of a layer refit from the original activations.
-
-    Every layer in parallel mode and the first in cascade mode: ``{"lam": lam}``,
-    ``{"epsilon": rel_epsilon * ||Y||_F}`` or ``{"epsilon": epsilon}``, for the target ``Y`` (P, M).
-    """
-    if lam is not None:
-        return {"lam": lam}
-    if rel_epsilon is not None:
-        return {"epsilon": rel_epsilon * stable_norm(Y)}
-    return {"epsilon": epsilon}
-
-
-def cascade_budget(pre: np.ndarray, Y: np.ndarray, *, relu: bool, gamma: float, lam=None,
-                   split: bool = False) -> dict:
-    """Thresholds and budget of a cascade layer ``l >= 2`` (Algorithm 2, eq. 7).
-
-    Parameters
-    ----------
-    pre : ndarray, shape (P, M)
-        ``Yhat_{l-1} @ W_l + b_l``: the ORIGINAL weights applied to the pruned network's input.
-    Y : ndarray, shape (P, M)
-        The original network's output of the layer (the target).
-    relu : bool
-        Whether the layer has a ReLU (Omega is ``Y > 0``, otherwise every entry).
-    split : bool
-        Per-column budgets: eq. 7 column by column, ``epsilon_m^2 = gamma sum_{Omega_m} (pre - Y)^2``.
-        Their squares add up to the layer's ``epsilon^2``, and the original weights stay feasible for
-        every column (a split in proportion to ``||Y[:, m]||`` would not guarantee that).
-
-    Returns
-    -------
-    dict
-        ``{"V": pre, "epsilon": sqrt(gamma * sum_Omega (pre - Y)^2)}`` (an (M,) array when ``split``),
-        or ``{"V": pre, "lam": lam}`` for the regularized form; keywords of :class:`NetTrimProblem`.
-    """
-    if lam is not None:
-        return {"V": pre, "lam": lam}
-    omega = Y > 0 if relu else np.ones(Y.shape, dtype=bool)
-    # Norms, not sums of squares: activations of 1e160 would overflow.
-    norms = np.sqrt(gamma) * stable_norm(np.where(omega, pre - Y, 0.0), axis=0)
-    return {"V": pre, "epsilon": norms if split else stable_norm(norms)}
 
 
 @dataclass
@@ -121,7 +50,8 @@ class NetworkResult:
         Measured ``||Yhat_l - Y_l||_F`` of the pruned network against the original, per layer.
     bound : ndarray, shape (L,)
         The Theorem 1 (parallel) or Theorem 2 (cascade) bound on ``discrepancy``, per layer, in the
-        form valid for any network (:func:`trim_network`); NaN for the regularized form.
+        form valid for any network (:func:`trim_network`); NaN for the regularized form and from a
+        layer whose solve did not finish (status ``"max_iterations"``) on.
     epsilons : ndarray, shape (L,)
         The budget each layer's program was given (NaN for the regularized form).
     mode : str
@@ -197,15 +127,6 @@ def _check_network(weights, biases, X):
     return weights, biases, X
 
 
-def _check_layer_backends(backend, solver_options, weights, biases, X, lam) -> None:
-    """Check the backend and every layer's solver options before any layer is solved."""
-    name = backends.get(backend).name
-    for W, b in zip(weights, biases):
-        P, N_design, M = X.shape[0], W.shape[0] + (b is not None), W.shape[1]
-        layer_backend = auto.by_size(P, N_design, M) if name == "auto" else name
-        backend_options.check(solver_options, layer_backend)
-
-
 def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: str = "cascade",
                  gamma: float = 1.0, biases=None, last_relu: bool = False, backend: str = "auto",
                  penalize_bias: bool = True, split_budget: bool = False, solver_options=None,
@@ -240,7 +161,13 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
     executor : concurrent.futures.Executor, optional
         Parallel mode: one job per layer. Cascade mode: column chunks of decoupled layers.
     progress : callable, optional
-        Called as ``progress(layer_index, n_layers, layer_result)`` after each layer.
+        Called as ``progress(layer_index, n_layers, layer_result)`` after each layer is solved.
+
+    Raises
+    ------
+    SolverFailedError
+        A layer without a solution, or whose status is neither finished (``"optimal"``,
+        ``"optimal_inaccurate"``) nor ``"max_iterations"``; later layers are not solved.
 
     Returns
     -------
@@ -259,7 +186,10 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
     For a link-normalized network ``||What_l||_2 <= ||What_l||_1 <= 1`` and these are at most the
     theorems' ``sum_j epsilon_j`` and ``epsilon_1 sqrt(prod gamma_j)``. They hold when every layer's
     program is satisfied (each layer result reports its ``violation``). The regularized form gives
-    no such guarantee: its bound is NaN.
+    no such guarantee: its bound is NaN; so is the bound of a layer stopped at its iteration limit
+    (kept, with status ``"max_iterations"``) and of every layer after it.
+
+    The loop is :func:`convexnet.programs.cascade.run`, shared with :func:`convexnet.nn.trim`.
     """
     gamma = check_trim_options(epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam, mode=mode,
                                gamma=gamma)
@@ -271,95 +201,56 @@ def trim_network(weights, X, *, epsilon=None, rel_epsilon=None, lam=None, mode: 
         raise InvalidInputError(f"progress must be None or a callable taking (layer_index, "
                                 f"n_layers, layer_result); got {progress!r}.")
     weights, biases, X = _check_network(weights, biases, X)
-    _check_layer_backends(backend, solver_options, weights, biases, X, lam)
+    backends.get(backend)
 
     start = time.perf_counter()
-    n_layers = len(weights)
-    relus = [index < n_layers - 1 or last_relu for index in range(n_layers)]
-    originals = forward(weights, biases, X, last_relu=last_relu)
-    options = dict(backend=backend, solver_options=solver_options)
-    common = dict(penalize_bias=penalize_bias, split_budget=split_budget if lam is None else False)
-
-    def budget(Y):
-        return layer_budget(Y, epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam)
-
-    layers: list[NetTrimResult] = []
-
-    def finished(layer: NetTrimResult) -> None:
-        layers.append(layer)
-        if progress is not None:
-            progress(len(layers) - 1, n_layers, layer)
-        raise_if_failed(layer, f"layer {len(layers)}")
-
-    if mode == "parallel":
-        inputs = [X, *originals[:-1]]
-        problems = [NetTrimProblem(inputs[i], originals[i], relu=relus[i], bias=biases[i] is not None,
-                                   **budget(originals[i]), **common) for i in range(n_layers)]
-        if executor is None:
-            for problem in problems:
-                finished(problem.solve(**options))
-        else:
-            futures = [executor.submit(_solve_problem, problem, options) for problem in problems]
-            for future in futures:
-                finished(future.result())
-    else:
-        current = X
-        for i in range(n_layers):
-            if i == 0:
-                problem = NetTrimProblem(X, originals[0], relu=relus[0], bias=biases[0] is not None,
-                                         **budget(originals[0]), **common)
-            else:
-                spec = cascade_budget(affine(current, weights[i], biases[i]), originals[i],
-                                      relu=relus[i], gamma=gamma, lam=lam, split=split_budget)
-                problem = NetTrimProblem(current, originals[i], relu=relus[i],
-                                         bias=biases[i] is not None, **spec, **common)
-            finished(problem.solve(executor=executor, **options))
-            current = problem.activation(affine(current, layers[-1].W, layers[-1].b))
-
-    new_weights = [layer.W for layer in layers]
-    new_biases = [layer.b for layer in layers]
-    pruned = forward(new_weights, new_biases, X, last_relu=last_relu)
-    discrepancy = np.array([stable_norm(a - b) for a, b in zip(pruned, originals)])
-    epsilons = np.array([np.nan if layer.problem.epsilon is None else layer.problem.epsilon
-                         for layer in layers])
-    bound = _bounds(mode, epsilons, weights, new_weights, gamma)
-    return NetworkResult(new_weights, new_biases, layers, discrepancy, bound, epsilons, mode,
+    network = _ArrayNetwork(weights, biases, X, last_relu)
+    budget = Budget(mode, gamma, epsilon, rel_epsilon, lam, split_budget)
+    # A network of arrays has no model to protect: a layer stopped at its iteration limit is kept
+    # and reported (its status, a NaN bound), as it always was.
+    solving = Solving(backend, solver_options, certify=True, executor=executor,
+                      penalize_bias=penalize_bias, allow_inaccurate=True)
+    report = None if progress is None else (
+        lambda index, n_layers, outcome: progress(index, n_layers, outcome.results[0]))
+    outcome = cascade.run(network, budget, solving, progress=report)
+    layers = [layer.results[0] for layer in outcome.layers]
+    return NetworkResult([layer.W for layer in layers], [layer.b for layer in layers], layers,
+                         outcome.discrepancy, outcome.bound, outcome.epsilons, mode,
                          time.perf_counter() - start)
 
 
-def _solve_problem(problem: NetTrimProblem, options: dict) -> NetTrimResult:
-    return problem.solve(**options)
+class _ArrayNetwork:
+    """The numpy side of :func:`convexnet.programs.cascade.run`: forward passes over arrays.
 
-
-def raise_if_failed(layer: NetTrimResult, label: str) -> None:
-    """Raise :class:`SolverFailedError` naming ``label`` when ``layer`` holds no solution."""
-    if layer.W_design is None:
-        raise SolverFailedError(
-            f"{label}: backend {layer.backend!r} returned no solution (status "
-            f"{layer.status!r}); try another backend or a larger epsilon.", status=layer.status)
-
-
-def _spectral_norm(W: np.ndarray) -> float:
-    return float(np.linalg.norm(W, 2)) if W.size else 0.0
-
-
-def next_bound(mode: str, previous: float, epsilon: float, W: np.ndarray, W_new: np.ndarray,
-               gamma: float) -> float:
-    """The bound on ``||Yhat_l - Y_l||_F`` given the bound ``previous`` on layer ``l - 1``.
-
-    Theorem 1 (parallel) or Theorem 2 (cascade) in the form valid for any network (see
-    :func:`trim_network`); ``W`` and ``W_new`` are the original and pruned ``(N, M)`` weights
-    without the bias row, ``epsilon`` the layer's budget.
+    Every layer is one block; its input is the previous layer's output, so the theorems' chain
+    holds throughout.
     """
-    if mode == "parallel":
-        return _spectral_norm(W_new) * previous + epsilon
-    return float(np.sqrt(gamma)) * _spectral_norm(W) * previous
 
+    def __init__(self, weights: list, biases: list, X: np.ndarray, last_relu: bool):
+        self.X, self.biases, self.last_relu = X, biases, last_relu
+        count = len(weights)
+        self.relus = [index < count - 1 or last_relu for index in range(count)]
+        self.originals = forward(weights, biases, X, last_relu=last_relu)
+        self.steps = [LayerStep(f"layer {index + 1}", self.relus[index],
+                                [Block(slice(None), slice(None), W, biases[index])])
+                      for index, W in enumerate(weights)]
+        self.refit: list = [None] * count
+        self._pruned = (0, X)      # (index, that layer's input in the pruned network)
 
-def _bounds(mode, epsilons, weights, new_weights, gamma) -> np.ndarray:
-    """Theorem 1 / Theorem 2 bounds in the form valid for any network (see trim_network)."""
-    bound = np.empty(len(weights))
-    bound[0] = epsilons[0]
-    for i in range(1, len(weights)):
-        bound[i] = next_bound(mode, bound[i - 1], epsilons[i], weights[i], new_weights[i], gamma)
-    return bound
+    def original(self, index: int):
+        return (self.X if index == 0 else self.originals[index - 1]), self.originals[index]
+
+    def pruned_input(self, index: int) -> np.ndarray:
+        at, current = self._pruned
+        for layer in range(at, index):
+            Z = affine(current, self.refit[layer].W, self.refit[layer].b)
+            current = np.maximum(Z, 0.0) if self.relus[layer] else Z
+        self._pruned = (index, current)
+        return current
+
+    def write(self, index: int, refit: list) -> None:
+        self.refit[index] = refit[0]
+
+    def pruned_outputs(self) -> list:
+        return forward([block.W for block in self.refit], [block.b for block in self.refit], self.X,
+                       last_relu=self.last_relu)

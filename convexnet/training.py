@@ -15,7 +15,8 @@ A layer is seen in the design's orientation (batch first): a ``Linear`` with ``w
 ``(M, N)`` is ``W = weight.T`` of shape ``(N, M)``, column ``j`` the incoming weights of output neuron
 ``j``; a convolution (``Conv1d``, ``Conv2d``, ``Conv3d``) is ``W = weight.reshape(C_out, -1).T`` of
 shape ``(C_in / groups * kh * kw, C_out)``, each output channel a column. With a bias, ``b`` is a last
-row: the layer's matrix is ``[W; b]`` of shape ``(N + 1, M)`` (:func:`design_matrix`).
+row: the layer's matrix is ``[W; b]`` of shape ``(N + 1, M)`` (:func:`design_matrix`), read and
+written through the layer adapters of :mod:`convexnet.nn.layers`, as :func:`convexnet.nn.trim` does.
 
 Both wrappers act on the parameters in place, under ``torch.no_grad()``: the ``Parameter`` objects
 stay the same (an LR scheduler or a checkpoint that refers to them keeps working), on their device and
@@ -51,8 +52,8 @@ from dataclasses import dataclass
 import torch
 
 from .nn import training_support as layer_tools
-from .nn.capture import effective_tensor
-from .nn.write import LayerUpdate, write_all
+from .nn.layers import LayerUpdate, adapter_for
+from .nn.write import write_all
 from ._validation import check_bool, check_scalar
 from .errors import InvalidInputError
 from .penalties import Penalty
@@ -78,8 +79,7 @@ def design_matrix(module: torch.nn.Module) -> torch.Tensor:
         with (``weight_orig * weight_mask``).
     """
     layer_tools.check_layer("module", module, allow_pruned=True)
-    return layer_tools.layer_matrix(effective_tensor(module, "weight"),
-                                    effective_tensor(module, "bias")).clone()
+    return adapter_for(module).matrix().clone()
 
 
 # -------------------------------------------------------------------------------- wrappers
@@ -206,7 +206,7 @@ class ProjectedOptimizer(_OptimizerWrapper):
 
         Every projection is computed and checked before the first is written.
         """
-        layer_tools.check_weights([(f"{c.label}[0]", layer_tools.layer_matrix(c.weight, c.bias))
+        layer_tools.check_weights([(f"{c.label}[0]", c.layer.matrix())
                                    for c in self.constraints])
         self._write(self._projections())
 
@@ -215,7 +215,7 @@ class ProjectedOptimizer(_OptimizerWrapper):
         projected = []
         with torch.no_grad():
             for c in self.constraints:
-                matrix = layer_tools.layer_matrix(c.weight, c.bias)
+                matrix = c.layer.matrix()
                 projected.append(c.set.project(layer_tools.compute_dtype(matrix)).to(matrix.dtype))
         layer_tools.check_finite("the projection", [
             (f"{c.label}[0]", matrix) for c, matrix in zip(self.constraints, projected)])
@@ -224,11 +224,11 @@ class ProjectedOptimizer(_OptimizerWrapper):
     def _write(self, projected: list[torch.Tensor]) -> None:
         with torch.no_grad():
             for constraint, matrix in zip(self.constraints, projected):
-                layer_tools.write_matrix(constraint.weight, constraint.bias, matrix)
+                constraint.layer.write_matrix(matrix)
 
     def is_feasible(self, tol: float = 1e-6) -> bool:
         """Whether every layer's ``[W; b]`` lies in its set, by the set's ``contains(., tol)``."""
-        return all(c.set.contains(layer_tools.compute_dtype(layer_tools.layer_matrix(c.weight, c.bias)),
+        return all(c.set.contains(layer_tools.compute_dtype(c.layer.matrix()),
                                   tol=tol) for c in self.constraints)
 
     def load_state_dict(self, state_dict: dict) -> None:

@@ -3,8 +3,14 @@
 ``import convexnet.nn`` loads torch (``import convexnet`` alone does not). The entry point is
 :func:`trim`, which returns a :class:`TrimReport` (one :class:`LayerReport` per layer). The modules:
 
+:mod:`convexnet.nn.layers`
+    the layer adapters: a module's ``[W; b]`` matrix, read and written back, its groups, and its
+    activations as sample rows (``Linear``, ``Conv1d``, ``Conv2d``, ``Conv3d``); used by trim,
+    the writer and :mod:`convexnet.training`.
 :mod:`convexnet.nn.trimming`
-    :func:`trim`: captures, the layer programs, the report.
+    :func:`trim`: the model's side of the network loop (:mod:`convexnet.programs.cascade`).
+:mod:`convexnet.nn.report`
+    :class:`TrimReport` and :class:`LayerReport`.
 :mod:`convexnet.nn.capture`
     which layers, which have a ReLU, and their activations, captured with forward hooks.
 :mod:`convexnet.nn.write`
@@ -26,6 +32,7 @@ Examples
 ['LayerReport', 'TrimReport', 'trim']
 """
 
-from .trimming import LayerReport, TrimReport, trim
+from .report import LayerReport, TrimReport
+from .trimming import trim
 
 __all__ = ["trim", "TrimReport", "LayerReport"]

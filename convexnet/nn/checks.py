@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 
-from . import capture as capture_layers
+from . import capture
 from .._validation import (check_bool, check_device, check_executor, check_finite_data,
                           check_integer, is_tensor)
 from ..errors import InvalidInputError
@@ -80,7 +80,7 @@ def calibration_batches(inputs, batch_size, reference: torch.Tensor) -> list[tor
         if whole.dim() == 0:
             raise InvalidInputError("inputs is a 0-d tensor; pass a batch of samples.")
         batches = [whole] if batch_size is None else list(torch.split(whole, batch_size))
-    elif isinstance(inputs, (str, bytes, dict)) or not capture_layers.is_iterable(inputs):
+    elif isinstance(inputs, (str, bytes, dict)) or not capture.is_iterable(inputs):
         raise InvalidInputError(
             f"inputs must be a torch.Tensor or an iterable of tensor batches (a DataLoader, a "
             f"list); got {type(inputs).__name__}.")
@@ -187,7 +187,7 @@ def choose_layers(model: torch.nn.Module, layers) -> tuple[list[str], dict[str, 
     Layers whose parameters are shared with another module (module docstring) are skipped, with a
     warning, when ``layers`` is None, and refused when ``layers`` names them.
     """
-    names = capture_layers.find_layers(model, layers)
+    names = capture.find_layers(model, layers)
     shared = shared_parameters(model, names)
     if not shared:
         return names, {}
@@ -207,7 +207,7 @@ def choose_layers(model: torch.nn.Module, layers) -> tuple[list[str], dict[str, 
     kept = [name for name in names if name not in shared]
     if not kept:
         raise InvalidInputError(
-            f"every Linear and Conv2d of the model shares a parameter with another module "
+            f"every Linear and convolution layer of the model shares a parameter with another module "
             f"({', '.join(f'{n}: {r}' for n, r in reasons.items())}); tied weights cannot be trimmed "
             "one use at a time. Untie them first (give each module its own Parameter).")
     warnings.warn(

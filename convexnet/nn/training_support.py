@@ -1,8 +1,8 @@
-"""What :mod:`convexnet.training` needs about layers: their ``[W; b]`` matrix, checks, step undo.
+"""What :mod:`convexnet.training` needs besides the layer adapters: checks and all-or-nothing steps.
 
-A layer (``Linear``, ``Conv1d/2d/3d``) is seen in the design's orientation: ``W = weight.reshape(M,
--1).T`` of shape ``(N, M)``, with the bias as a last row, ``[W; b]`` of shape ``(N + 1, M)``. The
-checks raise :class:`~convexnet.errors.InvalidInputError` naming the argument, before any work.
+A layer is seen through its adapter (:mod:`convexnet.nn.layers`): its matrix ``[W; b]`` in the
+design's orientation, shape ``(N + 1, M)`` with a bias. The checks raise
+:class:`~convexnet.errors.InvalidInputError` naming the argument, before any work.
 
 A wrapper's step is all or nothing: :class:`StepSnapshot` keeps the parameters and the optimizer's
 state from before the step, gradients are checked before the optimizer reads them
@@ -20,40 +20,20 @@ import torch
 from ..errors import InvalidInputError, SolverFailedError
 from ..penalties import Penalty
 from ..sets import ConstraintSet, NetTrimSet
+from .layers import LayerAdapter, adapter_for, describe_supported, supported
 
-__all__ = ["SUPPORTED", "Constraint", "layer_matrix", "write_matrix", "check_layer", "check_optimizer",
-           "optimized", "check_unique", "check_constraints", "named_layers", "compute_dtype",
-           "StepSnapshot", "guarded_step", "check_gradients", "check_finite", "check_weights"]
-
-# Layers whose weight is (outputs, inputs...) with every output a column of the design matrix.
-SUPPORTED = (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
-
+__all__ = ["Constraint", "check_layer", "check_optimizer", "optimized", "check_unique",
+           "check_constraints", "named_layers", "compute_dtype", "StepSnapshot", "guarded_step",
+           "check_gradients", "check_finite", "check_weights"]
 
 # Half-precision tensors are projected in float32: some kernels (SVD) have no bfloat16/float16
 # version on the CPU, and sorting-based projections lose their invariants in 8-bit mantissas.
 _HALF = (torch.float16, torch.bfloat16)
 
 
-# ---------------------------------------------------------------------------- layer matrices
 def compute_dtype(tensor: torch.Tensor) -> torch.Tensor:
     """``tensor`` in float32 when it is float16 or bfloat16, else itself."""
     return tensor.float() if tensor.dtype in _HALF else tensor
-
-
-def layer_matrix(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``[W; b]`` from the parameters; without a bias, a view of the weight (no copy)."""
-    matrix = weight.detach().reshape(weight.shape[0], -1).T
-    if bias is None:
-        return matrix
-    return torch.cat([matrix, bias.detach().reshape(1, -1)], dim=0)
-
-
-def write_matrix(weight: torch.Tensor, bias: torch.Tensor | None, matrix: torch.Tensor) -> None:
-    """Copy ``[W; b]`` back into the parameters, in place (call under ``torch.no_grad()``)."""
-    rows = weight[0].numel()
-    weight.copy_(matrix[:rows].T.reshape(weight.shape))
-    if bias is not None:
-        bias.copy_(matrix[rows])
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -62,12 +42,12 @@ def check_layer(label: str, module, *, allow_pruned: bool = False) -> None:
     if not isinstance(module, torch.nn.Module):
         raise InvalidInputError(f"{label} must be a torch.nn.Module (a Linear or convolution layer); "
                                 f"got {type(module).__name__}.")
-    if not isinstance(module, SUPPORTED):
+    if not isinstance(module, supported()):
         has_weight = isinstance(getattr(module, "weight", None), torch.Tensor)
         raise InvalidInputError(
             f"{label} is a {type(module).__name__}{'' if has_weight else ', which has no weight'}; "
-            "only torch.nn.Linear and Conv1d/Conv2d/Conv3d layers can be trained under a set or a "
-            "penalty (list the layers themselves, not their container).")
+            f"only {describe_supported()} layers can be trained under a set or a penalty (list "
+            "the layers themselves, not their container).")
     if torch.nn.utils.parametrize.is_parametrized(module) or not allow_pruned and (
             hasattr(module, "weight_orig") or hasattr(module, "bias_orig")):
         raise InvalidInputError(
@@ -113,16 +93,21 @@ def check_unique(label: str, modules: list) -> None:
 
 @dataclass(frozen=True)
 class Constraint:
-    """One constrained layer: its parameters and its set (``label`` names it in messages)."""
+    """One constrained layer: its adapter, parameters and set (``label`` names it in messages)."""
 
     label: str
-    module: torch.nn.Module
+    layer: LayerAdapter
     weight: torch.nn.Parameter
     bias: torch.nn.Parameter | None
     set: ConstraintSet
 
+    @property
+    def module(self) -> torch.nn.Module:
+        """The layer's module."""
+        return self.layer.module
 
-def _check_set(label: str, constraint_set, weight, bias) -> None:
+
+def _check_set(label: str, constraint_set, layer: LayerAdapter) -> None:
     if isinstance(constraint_set, type):
         raise InvalidInputError(f"{label} is the class {constraint_set.__name__}; pass an instance, "
                                 f"e.g. {constraint_set.__name__}(radius).")
@@ -139,13 +124,14 @@ def _check_set(label: str, constraint_set, weight, bias) -> None:
             f"{label} must be a convexnet.sets set (L1Ball, L1InfBall, SumOfMaxBall, NuclearBall, "
             f"Sparse, LowRank, Subspace, ConvolutionSubspace); got {type(constraint_set).__name__}.")
     # A trial projection of zeros finds shape and axis mismatches now, not at the first step.
-    zeros = torch.zeros_like(compute_dtype(layer_matrix(weight, bias)))
+    zeros = torch.zeros_like(compute_dtype(layer.matrix()))
+    has_bias = layer.parameter(layer.bias_name) is not None
     try:
         constraint_set.project(zeros)
     except (InvalidInputError, ValueError) as exc:
         raise InvalidInputError(
             f"{label} {constraint_set!r} cannot take the layer's matrix [W; b] of shape "
-            f"{tuple(zeros.shape)} (bias row {'included' if bias is not None else 'absent'}): "
+            f"{tuple(zeros.shape)} (bias row {'included' if has_bias else 'absent'}): "
             f"{exc}") from None
 
 
@@ -169,16 +155,17 @@ def check_constraints(optimizer, constraints) -> list[Constraint]:
             raise InvalidInputError(
                 f"{label}[0]: the layer's weight is not among the optimizer's parameters; build "
                 "the optimizer over the model's parameters (model.parameters()).")
-        _check_set(f"{label}[1]", constraint_set, module.weight, module.bias)
-        checked.append(Constraint(label, module, module.weight, module.bias, constraint_set))
+        layer = adapter_for(module)
+        _check_set(f"{label}[1]", constraint_set, layer)
+        checked.append(Constraint(label, layer, module.weight, module.bias, constraint_set))
     check_unique("constraints", [c.module for c in checked])
     return checked
 
 
 def named_layers(modules) -> list[tuple[str, torch.nn.Module]]:
     """``(name, layer)`` pairs from a model, a ``{name: layer}`` dict, or a list of layers/pairs."""
-    if isinstance(modules, torch.nn.Module) and not isinstance(modules, SUPPORTED):
-        pairs = [(name, m) for name, m in modules.named_modules() if isinstance(m, SUPPORTED)]
+    if isinstance(modules, torch.nn.Module) and not isinstance(modules, supported()):
+        pairs = [(name, m) for name, m in modules.named_modules() if isinstance(m, supported())]
         if not pairs:
             raise InvalidInputError(f"modules ({type(modules).__name__}) holds no Linear or "
                                     "convolution layer to sparsify.")

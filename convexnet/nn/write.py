@@ -15,63 +15,21 @@ The contract (also in :func:`convexnet.nn.trim`):
 * writing is all or nothing: every tensor is built before the first write, and if a write still
   fails, every module touched is restored (parameters, buffers, hooks and values) before the error
   propagates.
+
+The tensors are built by the layer's adapter (:meth:`convexnet.nn.layers.LayerAdapter.update`),
+which also names the tensors written (``weight_name``, ``bias_name``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.nn.utils import prune
 
-__all__ = ["LayerUpdate", "build_update", "write_update", "write_all"]
+from .layers import LayerUpdate, adapter_for
 
-
-@dataclass
-class LayerUpdate:
-    """Tensors ready to write into one module, in its dtype, on its device.
-
-    Attributes
-    ----------
-    weight : Tensor
-        The refit weights in the module's layout (``(M, N)`` or ``(C_out, C_in / groups, kh, kw)``).
-    mask : Tensor
-        Same shape and dtype: 1 where ``weight != 0``, 0 where pruned.
-    bias : Tensor or None
-        The refit bias, ``(M,)``.
-    """
-
-    weight: torch.Tensor
-    mask: torch.Tensor
-    bias: torch.Tensor | None
-
-
-def build_update(module, blocks: list) -> LayerUpdate:
-    """Assemble per-group design matrices into the module's tensors.
-
-    Parameters
-    ----------
-    module : torch.nn.Linear or torch.nn.Conv2d
-    blocks : list of (input_columns, output_columns, W, b)
-        As :func:`convexnet._torch_capture.design_blocks` gives them, with the refit ``W`` (N_g, M_g)
-        and ``b`` (M_g,) or None.
-    """
-    reference = module.weight_orig if hasattr(module, "weight_orig") else module.weight
-    dtype, device = reference.dtype, reference.device
-    if isinstance(module, torch.nn.Linear):
-        weight = blocks[0][2].T
-    else:
-        weight = np.zeros(tuple(reference.shape))
-        for _, outputs, W, _ in blocks:
-            weight[outputs] = W.T.reshape((-1, *reference.shape[1:]))
-    weight = torch.as_tensor(np.ascontiguousarray(weight), dtype=dtype, device=device)
-    # The mask is read off the weights in the module's dtype: an entry that rounds to 0 is pruned.
-    mask = (weight != 0).to(dtype)
-    bias = None
-    if blocks[0][3] is not None:
-        bias = torch.as_tensor(np.concatenate([b for *_, b in blocks]), dtype=dtype, device=device)
-    return LayerUpdate(weight, mask, bias)
+__all__ = ["LayerUpdate", "write_update", "write_all"]
 
 
 def _write_tensor(module, name: str, value: torch.Tensor, mask: torch.Tensor | None) -> int:
@@ -95,11 +53,17 @@ def _write_tensor(module, name: str, value: torch.Tensor, mask: torch.Tensor | N
 
 
 def write_update(module, update: LayerUpdate) -> int:
-    """Write one layer; return how many entries pruned before are non-zero again."""
-    revived = _write_tensor(module, "weight", update.weight, update.mask)
+    """Write one layer (built by its adapter's ``update``); return the entries revived."""
+    adapter = adapter_for(module)
+    revived = _write_tensor(module, adapter.weight_name, update.weight, update.mask)
     if update.bias is not None:
-        _write_tensor(module, "bias", update.bias, None)
+        _write_tensor(module, adapter.bias_name, update.bias, None)
     return revived
+
+
+def _written(module) -> tuple[str, str]:
+    adapter = adapter_for(module)
+    return adapter.weight_name, adapter.bias_name
 
 
 @dataclass
@@ -119,7 +83,7 @@ class _ModuleState:
                    if t is not None]
         return cls(module, dict(module._parameters), dict(module._buffers),
                    dict(module._forward_pre_hooks),
-                   {key: module.__dict__[key] for key in ("weight", "bias") if key in module.__dict__},
+                   {key: module.__dict__[key] for key in _written(module) if key in module.__dict__},
                    [(t, t.detach().clone()) for t in tensors])
 
     def restore(self) -> None:
@@ -128,7 +92,7 @@ class _ModuleState:
                             (module._forward_pre_hooks, self.pre_hooks)):
             live.clear()
             live.update(saved)
-        for key in ("weight", "bias"):
+        for key in _written(module):
             module.__dict__.pop(key, None)
             if key in self.attributes:
                 module.__dict__[key] = self.attributes[key]

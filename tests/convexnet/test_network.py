@@ -104,6 +104,8 @@ def test_iteration_cap_is_reported_per_layer_not_hidden():
                           solver_options={"max_iter": 1})
     assert [layer.status for layer in net.layers] == ["max_iterations", "max_iterations"]
     assert "max_iterations" in net.summary()
+    # The theorems need every layer's constraint to hold: no bound from an unfinished layer on.
+    assert np.all(np.isnan(net.bound)) and np.all(np.isfinite(net.discrepancy))
 
 
 W_OK, B_OK, X_OK = make_network(0, sizes=(3, 5, 2), P=20)

@@ -19,6 +19,7 @@ import convexnet as cn  # noqa: E402
 import convexnet.nn as cnn  # noqa: E402
 from convexnet import cli  # noqa: E402
 from convexnet.nn import capture as nn_capture  # noqa: E402
+from convexnet.nn.layers import adapter_for  # noqa: E402
 
 
 def mlp(seed=0, dtype=torch.float64, sizes=(5, 16, 12, 3)):
@@ -39,6 +40,20 @@ def convnet(seed=0):
         torch.nn.Flatten(), torch.nn.Linear(4 * 3 * 3, 3)).double()
 
 
+def conv1d_net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(
+        torch.nn.Conv1d(2, 4, 3, padding=1), torch.nn.ReLU(),
+        torch.nn.Conv1d(4, 4, 3, stride=2, groups=2), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 3, 3)).double()
+
+
+def conv3d_net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Conv3d(2, 3, 2), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(3 * 3 * 3 * 3, 2)).double()
+
+
 def inputs(seed=1, shape=(60, 5), dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
@@ -48,14 +63,15 @@ def linears(model):
 
 
 def activations(model, x):
-    """Each Linear/Conv2d module's input and output on ``x`` (an oracle independent of trim)."""
+    """Each Linear/ConvNd module's input and output on ``x`` (an oracle independent of trim)."""
     seen = {}
 
     def record(module, args, output):
         seen[module] = (args[0].clone(), output.clone())
 
     hooks = [m.register_forward_hook(record)
-             for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+             for m in model.modules()
+             if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d))]
     with torch.no_grad():
         model(x)
     for hook in hooks:
@@ -140,32 +156,58 @@ def test_pickle_and_torch_save_round_trip():
 
 
 # ------------------------------------------------------------------------------- unfold
-@pytest.mark.parametrize("options", [
-    dict(stride=2, padding=1),
-    dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
-    dict(padding=2, dilation=2, groups=2),
-    dict(padding="same", groups=2, padding_mode="reflect", bias=False),
-    dict(padding="valid", stride=3, groups=4, padding_mode="circular"),
-    dict(padding=1, padding_mode="replicate"),
-])
-def test_unfold_form_equals_conv2d(options):
+CONVOLUTIONS = {
+    "2d stride": (torch.nn.Conv2d, (3, 2), dict(stride=2, padding=1), (3, 4, 9, 7)),
+    "2d dilation": (torch.nn.Conv2d, (3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+                    (3, 4, 9, 7)),
+    "2d groups": (torch.nn.Conv2d, (3, 2), dict(padding=2, dilation=2, groups=2), (3, 4, 9, 7)),
+    "2d same reflect": (torch.nn.Conv2d, (3, 2), dict(padding="same", groups=2,
+                                                      padding_mode="reflect", bias=False),
+                        (3, 4, 9, 7)),
+    "2d valid circular": (torch.nn.Conv2d, (3, 2), dict(padding="valid", stride=3, groups=4,
+                                                        padding_mode="circular"), (3, 4, 9, 7)),
+    "2d replicate": (torch.nn.Conv2d, (3, 2), dict(padding=1, padding_mode="replicate"),
+                     (3, 4, 9, 7)),
+    "2d unbatched": (torch.nn.Conv2d, 3, dict(padding=1), (4, 6, 5)),
+    "1d": (torch.nn.Conv1d, 3, dict(stride=2, padding=1, dilation=2, groups=2), (3, 4, 11)),
+    "1d same": (torch.nn.Conv1d, 4, dict(padding="same", padding_mode="reflect"), (3, 4, 11)),
+    "3d": (torch.nn.Conv3d, (2, 3, 2), dict(stride=(1, 2, 1), padding=(1, 0, 1), groups=2),
+           (2, 4, 5, 6, 4)),
+    "3d same": (torch.nn.Conv3d, 3, dict(padding="same", dilation=(1, 2, 1), bias=False),
+                (2, 4, 5, 6, 4)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONVOLUTIONS))
+def test_unfold_form_equals_the_convolution(case):
+    kind, kernel, options, shape = CONVOLUTIONS[case]
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(4, 8, (3, 2), **options).double()
-    x = torch.randn(3, 4, 9, 7, dtype=torch.float64)
+    conv = kind(4, 8, kernel, **options).double()
+    x = torch.randn(*shape, dtype=torch.float64)
     with torch.no_grad():
         y = conv(x)
-    X, Y = nn_capture.layer_rows(conv, x, y)
-    blocks = nn_capture.design_blocks(conv)
-    assert len(blocks) == conv.groups
+    layer = adapter_for(conv)
+    X, Y = layer.input_rows(x), layer.output_rows(y)
+    blocks = layer.blocks()
+    assert len(blocks) == conv.groups and layer.row_count(y) == X.shape[0] == Y.shape[0]
     Z = np.zeros(Y.shape)
     for ins, outs, W, b in blocks:
         Z[:, outs] = X[:, ins].numpy() @ W + (0.0 if b is None else b)
     np.testing.assert_allclose(Z, Y.numpy(), atol=1e-12)
+    # Refit blocks written back give the module's own tensors.
+    update = layer.update(blocks)
+    torch.testing.assert_close(update.weight, conv.weight.detach(), rtol=0, atol=0)
+    assert (update.bias is None) == (conv.bias is None)
 
 
 # -------------------------------------------------------------------------- Proposition 1
-@pytest.mark.parametrize("make, shape", [(mlp, (60, 5)), (convnet, (6, 2, 8, 8))])
-def test_proposition_1_per_layer_through_the_module_in_parallel_mode(make, shape):
+@pytest.mark.parametrize("make, shape, kinds", [
+    (mlp, (60, 5), ["Linear"] * 3),
+    (convnet, (6, 2, 8, 8), ["Conv2d", "Conv2d", "Linear"]),
+    (conv1d_net, (6, 2, 8), ["Conv1d", "Conv1d", "Linear"]),
+    (conv3d_net, (4, 2, 4, 4, 4), ["Conv3d", "Linear"]),
+])
+def test_proposition_1_per_layer_through_the_module_in_parallel_mode(make, shape, kinds):
     model, X = make(), inputs(shape=shape)
     original = copy.deepcopy(model)
     seen = activations(original, X)
@@ -181,7 +223,21 @@ def test_proposition_1_per_layer_through_the_module_in_parallel_mode(make, shape
             z, y = torch.relu(z), torch.relu(y)
         assert float(torch.linalg.norm(z - y)) <= layer.epsilon * (1 + 1e-6)
         assert layer.epsilon == pytest.approx(0.1 * float(torch.linalg.norm(y)))
-    assert report["2"].kind == "Conv2d" or make is mlp
+    assert [layer.kind for layer in report] == kinds and prune.is_pruned(model)
+
+
+def test_parallel_mode_with_an_executor_gives_the_in_process_weights():
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, X = convnet(), inputs(shape=(6, 2, 8, 8))
+    twin = copy.deepcopy(model)
+    local = cnn.trim(model, X, rel_epsilon=0.1, mode="parallel", backend="clarabel")
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        jobs = cnn.trim(twin, X, rel_epsilon=0.1, mode="parallel", backend="clarabel",
+                        executor=pool)
+    for a, b in zip(model.state_dict().values(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    np.testing.assert_allclose([layer.bound for layer in jobs], [layer.bound for layer in local])
 
 
 def test_conv_model_in_cascade_mode_and_sample_cap():

@@ -11,7 +11,7 @@ from torch.nn.utils import prune  # noqa: E402
 
 from convexnet import penalties, sets  # noqa: E402
 from convexnet import training  # noqa: E402
-from convexnet.nn.capture import conv_patches  # noqa: E402
+from convexnet.nn.layers import adapter_for  # noqa: E402
 from convexnet.errors import InvalidInputError  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64]
@@ -77,7 +77,7 @@ def test_design_matrix_conv2d_is_the_unfolded_layer():
     assert V.shape == (2 * 3 * 3 + 1, 6)
     x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
     output = conv(x).detach()
-    patches = conv_patches(conv, x)
+    patches = adapter_for(conv).input_rows(x)
     for group in range(2):
         rows = slice(group * 18, (group + 1) * 18)
         columns = slice(group * 3, (group + 1) * 3)

@@ -301,7 +301,7 @@ def test_every_layer_tied_is_refused():
     model = TiedMiddle()
     del model.first, model.out
     model.forward = lambda x: model.b(torch.relu(model.a(x)))
-    with pytest.raises(cn.InvalidInputError, match="every Linear and Conv2d.*Untie"):
+    with pytest.raises(cn.InvalidInputError, match="every Linear and convolution layer.*Untie"):
         cnn.trim(model, data((40, 6)), rel_epsilon=0.1, backend="clarabel")
 
 
