@@ -56,11 +56,13 @@ class ConstraintSet(Parametrized):
     # The numbers of dimensions x may have (None: any), checked before any work.
     _ndim: int | tuple[int, ...] | None = None
     # As a term of a SparsityProgram (on W of shape (N, M)): a constraint; separable when it is one
-    # set per column; a subspace (a cone closed under any row scaling, whose dual part is its
-    # orthogonal complement) or bounded (its support function is finite everywhere).
+    # set per column; a subspace (its dual part is its orthogonal complement) or bounded (its
+    # support function is finite everywhere); row_scalable when every positive scaling of the rows
+    # of W maps it onto itself (a coordinate cone such as a support mask; not a general subspace).
     is_constraint = True
     separable = False
     subspace = False
+    row_scalable = False
 
     def violation(self, W) -> float:
         """Relative distance to the set: ``||W - project(W)||_F / max(1, ||W||_F)`` (0 inside)."""
@@ -90,7 +92,7 @@ class ConstraintSet(Parametrized):
         from solvers import graph_terms
 
         return graph_terms.Projection(self.project, separable=self.separable,
-                                      scale_invariant=self.subspace)
+                                      scale_invariant=self.row_scalable)
 
     def dual_part(self, S):
         """Split ``S`` (N, M) for the conjugate of a sum of terms: ``(cost, remainder)``.

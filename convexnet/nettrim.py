@@ -429,8 +429,9 @@ class NetTrimProblem:
         result.violation = self.violation(W_design)
         Z = self.X_design @ W_design
         # A Gram-form problem adds back the part of Y no W reaches (zero for sample data).
-        result.discrepancy = float(np.sqrt(stable_norm(self.activation(Z) - self.Y) ** 2
-                                           + float(np.sum(self.residual_floor))))
+        residual = (self.activation(Z) - self.Y).ravel()
+        floor = float(np.sum(self.residual_floor))
+        result.discrepancy = stable_norm(np.append(residual, np.sqrt(floor)) if floor else residual)
         return result
 
 

@@ -518,6 +518,7 @@ class Mask(ConstraintSet):
 
     subspace = True
     separable = True
+    row_scalable = True
 
     def __init__(self, support):
         if is_tensor(support):

@@ -239,7 +239,8 @@ class Projection:
     def __init__(self, project, *, separable: bool, scale_invariant: bool = False):
         self.project = project
         self.separable = bool(separable)
-        # A set such as a support mask is a cone closed under any row scaling.
+        # Only a set closed under every positive row scaling of W (a coordinate cone, such as a
+        # support mask) may be projected in the engine's row-scaled units as it is.
         self.row_scalable = bool(scale_invariant)
 
     def prepare(self, *, device, dtype, row_scale: torch.Tensor, output_scale: float):
@@ -254,7 +255,10 @@ class Prox:
 
     def __init__(self, prox, *, separable: bool):
         self.prox = prox
-        self.separable = bool(separable)
+        # A generic prox takes one scalar step, so the engine must give every column the same rho
+        # (a per-column rho would need a per-column step): the term counts as coupling them.
+        self.separable = False
+        self.separable_penalty = bool(separable)
 
     def prepare(self, *, device, dtype, row_scale: torch.Tensor, output_scale: float):
         return _PreparedWeight(self, None, row_scale, output_scale)

@@ -9,15 +9,20 @@ their prox too; such a result is ``"stationary"``, never ``"optimal"``.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..errors import InvalidInputError
 from . import Solution
+from .polish import polish as polish_solution
 
 __all__ = ["ADMMBackend", "VIOLATION_TOL"]
 
 #: The ADMM backend's default relative violation tolerance (``solvers.admm``'s ``violation_tol``).
 VIOLATION_TOL = 1e-4
+#: The certificate's tolerances for a polished result (those of the interior-point backends).
+POLISHED_TOL = 1e-6
 
 
 class ADMMBackend:
@@ -37,25 +42,50 @@ class ADMMBackend:
         """ADMM's options by name and value, as :class:`InvalidInputError` before any work."""
         from solvers import admm
 
+        engine_options = dict(options)
+        polish = engine_options.pop("polish", True)
+        if not isinstance(polish, (bool, np.bool_)):
+            raise InvalidInputError(f"solver_options for backend='admm': polish must be True or "
+                                    f"False; got {polish!r}.")
         try:
-            admm.check_options(**options)
+            admm.check_options(**engine_options)
         except (TypeError, ValueError) as error:
             raise InvalidInputError(f"solver_options for backend='admm': {error}") from None
 
     def solve(self, program, options: dict, verbose: bool = False, executor=None) -> Solution:
+        """Run the engine, then polish (:mod:`convexnet.backends.polish`) where the program allows.
+
+        Options are :func:`solvers.admm.solve_graph_form`'s, plus ``polish`` (default True).
+        """
         from solvers import admm
 
         options = {"violation_tol": VIOLATION_TOL, **options}
+        polish = bool(options.pop("polish", True))
         out = admm.solve_graph_form(program.to_graph_form(), verbose=verbose, **options)
         W = _onto_sets(program, np.asarray(out.W, dtype=float))
+        dual = np.asarray(out.dual, dtype=float)
         status = out.status
         if not program.convex and status in ("optimal", "optimal_inaccurate"):
             status = "stationary"
         tol = options["violation_tol"]
-        return Solution(W, np.asarray(out.dual, dtype=float), status,
-                        out.solve_time, out.setup_time, out.iterations,
-                        {"primal_residual": out.primal_residual, "dual_residual": out.dual_residual,
-                         "admm": out, "tolerance": tol}, {"gap_tol": tol, "feas_tol": tol})
+        info = {"primal_residual": out.primal_residual, "dual_residual": out.dual_residual,
+                "admm": out, "tolerance": tol, "polished": np.zeros(program.M, dtype=bool)}
+        tolerances = {"gap_tol": tol, "feas_tol": tol}
+        polish_time = 0.0
+        if polish and program.convex:
+            start = time.perf_counter()
+            polished = polish_solution(program, W, dual)
+            polish_time = time.perf_counter() - start
+            if polished is not None:
+                W, dual = polished.W, polished.dual
+                info["polished"] = polished.columns
+                if polished.columns.all():
+                    # Exact on its support: judged as the interior-point backends are.
+                    tolerances = {"gap_tol": POLISHED_TOL, "feas_tol": POLISHED_TOL}
+                    status = "optimal"
+        info["polish_time"] = polish_time
+        return Solution(W, dual, status, out.solve_time + polish_time, out.setup_time,
+                        out.iterations, info, tolerances)
 
 
 def _onto_sets(program, W: np.ndarray) -> np.ndarray:

@@ -66,7 +66,9 @@ def _options_for(options: dict, name: str, *, keyed_only: bool = False) -> dict:
 def _refine(program, solution: Solution, options: dict, verbose: bool, executor) -> Solution:
     """Re-solve with Clarabel the columns ADMM did not finish; keep ADMM's answer for the rest."""
     out = solution.info["admm"]
-    redo = np.flatnonzero(~out.converged | (out.column_violation > solution.info["tolerance"]))
+    unfinished = ~out.converged | (out.column_violation > solution.info["tolerance"])
+    # A polished column is exact on its support whatever ADMM's own state was.
+    redo = np.flatnonzero(unfinished & ~solution.info["polished"])
     if redo.size == 0:
         return solution
     sub = get("clarabel").solve(program.select_columns(redo), options, verbose, executor)

@@ -154,7 +154,7 @@ def _split_cost(program, S, separable: bool, W=None) -> np.ndarray:
     an optimum); the smaller of the two bounds is kept (both are valid).
     """
     costs = [_split_with(program, S, separable, None)]
-    if W is not None and program.penalties and program.sets:
+    if W is not None and program.penalties and (program.sets or len(program.penalties) > 1):
         costs.append(_split_with(program, S, separable, W))
     return np.minimum.reduce(costs)
 

@@ -536,8 +536,10 @@ def test_installed_script_runs_end_to_end(tmp_path):
     assert set(state) == {"0.weight", "0.bias", "2.weight", "2.bias"}
 
 
-@pytest.mark.parametrize("options", [{"max_iterations": 3},
-                                     {"admm": {"max_iterations": 3}, "clarabel": {"max_iter": 50}}])
+# Polish off: it would make the stopped iterate exact, and these tests are about the stopped iterate.
+@pytest.mark.parametrize("options", [{"max_iterations": 3, "polish": False},
+                                     {"admm": {"max_iterations": 3, "polish": False},
+                                      "clarabel": {"max_iter": 50}}])
 def test_admm_options_flat_or_keyed_reach_admm_in_the_torch_adapter(options):
     # The adapter adds the model's device to ADMM's options; it must not break the keyed form.
     model, X = mlp(), inputs()

@@ -150,7 +150,7 @@ def test_unfinished_layer_is_not_written(monkeypatch, mode):
 
 
 @pytest.mark.parametrize("backend, options", [("clarabel", {"max_iter": 1}),
-                                              ("admm", {"max_iterations": 3})])
+                                              ("admm", {"max_iterations": 3, "polish": False})])
 def test_real_backend_stopped_early_is_refused_then_accepted_when_asked(backend, options):
     model, X = mlp(), data()
     before = snapshot(model)

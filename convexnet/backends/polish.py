@@ -1,0 +1,345 @@
+r"""Polish: an approximate solution made exact by solving the optimality system on its support.
+
+As OSQP's solution polishing, applied to the structure of l1 programs with squared fits: once ADMM's
+support ``S`` (with the signs ``s`` of its entries) and its tight inequalities ``K`` have settled,
+the Karush-Kuhn-Tucker conditions restricted to them are a small linear system per column. For a
+column with the fit rows ``A`` (target ``y``), the inequality rows ``B`` (bound ``v``) and the l1
+weights ``c``:
+
+.. math::
+
+    \begin{bmatrix} 2\lambda A_S^T A_S & B_{KS}^T \\ B_{KS} & 0 \end{bmatrix}
+    \begin{bmatrix} w_S \\ \mu_K \end{bmatrix} =
+    \begin{bmatrix} 2\lambda A_S^T y - c_S s \\ v_K \end{bmatrix}
+
+for the squared fit ``lambda ||A w - y||^2``. A budget ``||A w - y|| <= epsilon`` that is active has
+the same system at ``lambda = nu``, its multiplier, which is found by a root search on
+``||A_S w_S(nu) - y|| = epsilon`` (one ``nu`` for the whole matrix's budget, one per column for
+per-column budgets). The answer is accepted only if it is consistent: signs kept on ``S``,
+``mu_K >= 0``, the other inequalities hold, and ``|X^T Lambda| <= c`` off ``S``; then it satisfies
+the optimality conditions to the accuracy of the linear solves, and the certificate proves it. A
+few rounds move entries into or out of ``S`` and ``K`` where a check fails. Columns that do not
+pass keep the approximate solution.
+
+Programs this applies to: one fit on a mask (:class:`~convexnet.fits.Squared` or
+:class:`~convexnet.fits.Budget`), optionally :class:`~convexnet.fits.Below` on other entries, one
+:class:`~convexnet.penalties.L1` penalty with per-row weights, and no sets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..fits import Below, Budget, Squared
+from ..penalties import L1
+
+__all__ = ["Polished", "applies", "polish"]
+
+ROUNDS = 30
+# Relative tolerances of the acceptance checks. They absorb the round-off of the small solves at
+# degenerate points (an entry off the support whose correlation sits exactly at its weight, a tight
+# row with a zero multiplier), where exact tests make the active set cycle; what they let through
+# costs at most about their size in the certificate, which checks the result afterwards.
+SIGN_TOL = 1e-12
+DUAL_TOL = 1e-8
+BOUND_TOL = 1e-9
+MULTIPLIER_TOL = 1e-9
+
+
+@dataclass
+class Polished:
+    """The polished point: ``W`` (N, M), the dual ``Lambda`` (P, M), and which columns passed."""
+
+    W: np.ndarray
+    dual: np.ndarray
+    columns: np.ndarray
+
+
+def applies(program) -> bool:
+    """Whether ``program`` has the structure of the module docstring."""
+    fits = [term for term in program.fits if not isinstance(term, Below)]
+    return (not program.sets and len(program.penalties) == 1
+            and isinstance(program.penalties[0], L1)
+            and (program.penalties[0].weights is None or program.penalties[0].weights.ndim == 1)
+            and len(fits) == 1 and isinstance(fits[0], (Squared, Budget))
+            and sum(isinstance(term, Below) for term in program.fits) <= 1)
+
+
+class _Column:
+    """One column's data and its restricted solves."""
+
+    def __init__(self, X, fit_rows, y, below_rows, v, weights):
+        self.fit_rows, self.below_rows = np.flatnonzero(fit_rows), np.flatnonzero(below_rows)
+        self.A = X[fit_rows]
+        self.y = y[fit_rows]
+        self.B = X[below_rows]
+        self.v = v[below_rows]
+        self.weights = weights
+
+    def solve(self, S, signs, K, lam):
+        """``(w (N,), mu (|K|,))`` of the restricted system, or None when it is singular."""
+        A_S, B_KS = self.A[:, S], self.B[K][:, S]
+        size, k = S.sum(), K.sum()
+        matrix = np.zeros((size + k, size + k))
+        matrix[:size, :size] = 2.0 * lam * (A_S.T @ A_S)
+        matrix[:size, size:] = B_KS.T
+        matrix[size:, :size] = B_KS
+        rhs = np.concatenate([2.0 * lam * (A_S.T @ self.y) - self.weights[S] * signs[S], self.v[K]])
+        try:
+            solution = np.linalg.solve(matrix, rhs)
+        except np.linalg.LinAlgError:
+            return None
+        if not np.all(np.isfinite(solution)):
+            return None
+        w = np.zeros(self.weights.shape[0])
+        w[S] = solution[:size]
+        return w, solution[size:]
+
+
+def _multiplier_search(evaluate, budget: float, start: float):
+    """``nu > 0`` with ``evaluate(nu) = ||r(nu)|| = budget`` (nonincreasing in nu), by regula falsi
+    on ``log nu`` in a bracket grown by factors of 4; None when no bracket is found."""
+    if budget <= 0:
+        return None
+    low = high = max(start, 1e-300)
+    value = evaluate(low)
+    if value is None:
+        return None
+    low_value = high_value = value
+    for _ in range(60):
+        if low_value is None or high_value is None:
+            return None
+        if low_value >= budget >= high_value:
+            break
+        if high_value > budget:
+            low, low_value = high, high_value
+            high *= 4.0
+            high_value = evaluate(high)
+        else:
+            high, high_value = low, low_value
+            low /= 4.0
+            low_value = evaluate(low)
+    else:
+        return None
+    for step in range(120):
+        if abs(high_value - budget) <= 1e-13 * budget:
+            return high
+        span = low_value - high_value
+        fraction = (low_value - budget) / span if span > 0 else 0.5
+        # Every third step bisects (in log nu), so the bracket halves at least that often.
+        fraction = 0.5 if step % 3 == 2 else min(max(fraction, 0.05), 0.95)
+        middle = np.exp(np.log(low) + fraction * (np.log(high) - np.log(low)))
+        value = evaluate(middle)
+        if value is None:
+            return None
+        if value > budget:
+            low, low_value = middle, value
+        else:
+            high, high_value = middle, value
+        if high / low - 1.0 <= 1e-15:
+            return high
+    return high
+
+
+def polish(program, W, dual) -> Polished | None:
+    """Polish ``W`` (N, M) with the help of ``dual`` (P, M); None when the program does not apply.
+
+    Separable programs are polished column by column; a whole-matrix budget searches its one
+    multiplier with every column's restricted system at once.
+    """
+    if not applies(program) or W is None or dual is None:
+        return None
+    fit = next(term for term in program.fits if not isinstance(term, Below))
+    below = next((term for term in program.fits if isinstance(term, Below)), None)
+    X = program.X
+    P, N, M = program.shape
+    weights = program.penalties[0].full_weights((N, 1))[:, 0]
+    columns = [_Column(X, fit.mask[:, m], fit.target[:, m],
+                       below.mask[:, m] if below is not None else np.zeros(P, dtype=bool),
+                       below.target[:, m] if below is not None else np.zeros(P), weights)
+               for m in range(M)]
+    state = [_initial_sets(column, W[:, m], dual, m, below, weights, X) for m, column in enumerate(columns)]
+    scale = max(program.output_scale, 1e-300)
+    start = _start_multiplier(fit, dual, W, X) if isinstance(fit, Budget) else np.ones(M)
+    if isinstance(fit, Budget) and not fit.per_column:
+        return _polish_coupled(fit, columns, state, W, dual, weights, scale, start)
+    W_out, dual_out = W.copy(), dual.copy()
+    passed = np.zeros(M, dtype=bool)
+    for m, column in enumerate(columns):
+        found = _polish_column(column, state[m], fit, m, weights, scale, float(start[m]))
+        if found is not None:
+            W_out[:, m], dual_out[:, m] = found
+            passed[m] = True
+    return Polished(W_out, dual_out, passed)
+
+
+def _initial_sets(column, w, dual, m, below, weights, X):
+    """``(S, signs, K)`` from the approximate solution: its support (every unpenalized row too) and
+    the inequality rows that carry a clearly positive multiplier. Rows that are merely tight are
+    left out: at a degenerate point many are, and the checks add those that the solution needs."""
+    S = (w != 0) | (weights == 0)
+    signs = np.sign(w)
+    if below is None or column.B.shape[0] == 0:
+        return S, signs, np.zeros(0, dtype=bool)
+    mu = dual[below.mask[:, m], m]
+    K = mu > 1e-6 * max(np.abs(mu).max(initial=0.0), 1e-300)
+    return S, signs, K
+
+
+def _largest(mask, size, limit_fraction=0.25):
+    """``mask`` kept on its ``max(1, count * limit_fraction)`` entries of largest ``size``: an
+    active-set step that changes a few entries at a time, so that rounds do not cycle."""
+    count = int(mask.sum())
+    if count <= 1:
+        return mask
+    keep = max(1, int(count * limit_fraction))
+    rows = np.flatnonzero(mask)
+    chosen = rows[np.argsort(-size[rows])[:keep]]
+    out = np.zeros_like(mask)
+    out[chosen] = True
+    return out
+
+
+def _check(column, w, mu, S, signs, K, lam, weights, scale):
+    """The acceptance checks: ``(ok, S, signs, K)`` with the sets corrected where a check failed.
+
+    Failed checks are corrected a few entries at a time, worst first: signs that flipped leave
+    ``S``; then negative multipliers leave ``K``; else violated bounds join ``K`` and entries whose
+    correlation exceeds their weight join ``S``.
+    """
+    S, signs, K = S.copy(), signs.copy(), K.copy()
+    penalized = S & (weights > 0)
+    flipped = penalized & (w * signs <= SIGN_TOL * np.abs(w).max(initial=0.0))
+    if flipped.any():
+        S &= ~flipped
+        return False, S, signs, K
+    negative = mu < -MULTIPLIER_TOL * max(np.abs(mu).max(initial=0.0), 1e-300)
+    if K.any() and negative.any():
+        multipliers = np.zeros(K.shape[0])
+        multipliers[K] = np.where(negative, mu, 0.0)
+        K &= ~_largest(multipliers < 0, -multipliers)
+        return False, S, signs, K
+    ok = True
+    if column.B.shape[0]:
+        excess = column.B @ w - column.v
+        violated = ~K & (excess > BOUND_TOL * scale)
+        if violated.any():
+            K |= _largest(violated, excess)
+            ok = False
+    residual = column.A @ w - column.y
+    Lambda_B = np.zeros(column.B.shape[0])
+    if K.any() and mu.size == np.count_nonzero(K):
+        Lambda_B[K] = mu
+    correlation = column.A.T @ (2.0 * lam * residual) + column.B.T @ Lambda_B
+    excess_correlation = np.abs(correlation) - weights * (1 + DUAL_TOL)
+    outside = ~S & (excess_correlation > 0)
+    if outside.any():
+        joining = _largest(outside, excess_correlation)
+        S |= joining
+        signs = np.where(joining, -np.sign(correlation), signs)
+        ok = False
+    return ok, S, signs, K
+
+
+def _active_set(column, sets, lam, weights, scale):
+    """Solve one column's restricted system at ``lam``, correcting ``S`` and ``K`` until the checks
+    pass: ``(w, mu, sets)``, or None after ``ROUNDS`` rounds or a singular system."""
+    S, signs, K = sets
+    for _ in range(ROUNDS):
+        solved = column.solve(S, signs, K, lam)
+        if solved is None:
+            return None
+        w, mu = solved
+        ok, S, signs, K = _check(column, w, mu, S, signs, K, lam, weights, scale)
+        if ok:
+            return w, mu, (S, signs, K)
+    return None
+
+
+def _polish_column(column, sets, fit, m, weights, scale, start):
+    """One column's polished ``(w, Lambda)`` or None: at the fit's weight, or at the multiplier of
+    its budget (see :func:`_budget_rounds`)."""
+    if isinstance(fit, Squared):
+        found = _active_set(column, sets, fit.weight, weights, scale)
+        if found is None:
+            return None
+        w, mu, (_, _, K) = found
+        return w, _column_dual(column, fit, m, w, mu, K, fit.weight)
+    found = _budget_rounds([column], [sets], float(fit.epsilon[m]), start, weights, scale)
+    if found is None:
+        return None
+    nu, ((w, mu, (_, _, K)),) = found
+    return w, _column_dual(column, fit, m, w, mu, K, nu)
+
+
+def _budget_rounds(columns, sets, budget, start, weights, scale):
+    """The multiplier ``nu`` of a budget shared by ``columns`` and their solutions there.
+
+    Each round corrects every column's active set at the current ``nu`` (at a fixed ``nu`` a
+    column is the squared-loss program, whose active set the corrections find), then moves ``nu``
+    by a root search with those sets held fixed (the residual norm is then monotone in ``nu``), and
+    stops when every column passes its checks at the new ``nu``: ``(nu, [(w, mu, sets)])``, or None.
+    """
+    sets = list(sets)
+    nu = start
+    for _ in range(ROUNDS):
+        for index, column in enumerate(columns):
+            found = _active_set(column, sets[index], nu, weights, scale)
+            if found is None:
+                return None
+            sets[index] = found[2]
+
+        def norm(trial, sets=tuple(sets)):
+            total = 0.0
+            for column, (S, signs, K) in zip(columns, sets):
+                solved = column.solve(S, signs, K, trial)
+                if solved is None:
+                    return None
+                total += float(np.sum((column.A @ solved[0] - column.y) ** 2))
+            return float(np.sqrt(total))
+
+        nu = _multiplier_search(norm, budget, nu)
+        if nu is None:
+            return None
+        outputs, passed = [], True
+        for column, (S, signs, K) in zip(columns, sets):
+            w, mu = column.solve(S, signs, K, nu)
+            passed &= _check(column, w, mu, S, signs, K, nu, weights, scale)[0]
+            outputs.append((w, mu, (S, signs, K)))
+        if passed:
+            return nu, outputs
+    return None
+
+
+def _start_multiplier(fit, dual, W, X) -> np.ndarray:
+    """The budget's multiplier read from the approximate dual: ``Lambda = 2 nu r`` on the fit's
+    rows, so ``nu = ||Lambda_fit|| / (2 ||r||)`` per column (1 where that is undefined)."""
+    residual = np.where(fit.mask, X @ W - fit.target, 0.0)
+    on_fit = np.where(fit.mask, dual, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nu = np.linalg.norm(on_fit, axis=0) / (2.0 * np.linalg.norm(residual, axis=0))
+    return np.where(np.isfinite(nu) & (nu > 0), nu, 1.0)
+
+
+def _column_dual(column, fit, m, w, mu, K, lam):
+    """``Lambda[:, m]``: ``2 lam (X w - y)`` on the fit's rows, ``mu`` on the tight rows, else 0."""
+    Lambda = np.zeros(fit.mask.shape[0])
+    Lambda[column.fit_rows] = 2.0 * lam * (column.A @ w - column.y)
+    if K.any():
+        Lambda[column.below_rows[K]] = mu
+    return Lambda
+
+
+def _polish_coupled(fit, columns, state, W, dual, weights, scale, start):
+    """A whole-matrix budget: one multiplier for every column (:func:`_budget_rounds`)."""
+    found = _budget_rounds(columns, state, float(fit.epsilon), float(np.median(start)), weights, scale)
+    if found is None:
+        return None
+    nu, outputs = found
+    W_out, dual_out = W.copy(), dual.copy()
+    for m, (column, (w, mu, (_, _, K))) in enumerate(zip(columns, outputs)):
+        W_out[:, m] = w
+        dual_out[:, m] = _column_dual(column, fit, m, w, mu, K, nu)
+    return Polished(W_out, dual_out, np.ones(len(columns), dtype=bool))
