@@ -63,6 +63,10 @@ class ConstraintSet(Parametrized):
     separable = False
     subspace = False
     row_scalable = False
+    # A cone (closed under positive scaling) keeps its shape in any units; a bounded set does not.
+    cone = False
+    # Whether the set may be a constraint of a SparsityProgram (its projection and violation exist).
+    program_term = True
 
     def violation(self, W) -> float:
         """Relative distance to the set: ``||W - project(W)||_F / max(1, ||W||_F)`` (0 inside)."""
@@ -71,9 +75,12 @@ class ConstraintSet(Parametrized):
         return float(np.linalg.norm(W - as_numpy(self.project(W)))) / size
 
     def scaled(self, x_scale: float, y_scale: float) -> "ConstraintSet":
-        """The set in units ``W' = W x_scale / y_scale``; cones (subspaces, masks, sparsity) are
-        unchanged, balls scale their radius."""
-        return self
+        """The set in units ``W' = W x_scale / y_scale``: a cone (a subspace, a mask, a sparsity
+        or rank set) is unchanged; a ball scales its radius; any other set must say how it scales
+        (then the backends solve the program in its own units)."""
+        if self.cone or self.subspace:
+            return self
+        raise NotImplementedError(f"{type(self).__name__} does not define scaled(x_scale, y_scale).")
 
     def free_rows(self, N: int) -> np.ndarray:
         """A set constrains every row (bool, shape (N,), all False)."""
@@ -91,8 +98,9 @@ class ConstraintSet(Parametrized):
         """The set as an ADMM weight term (:class:`solvers.graph_terms.Projection`)."""
         from solvers import graph_terms
 
+        restrict = (lambda index: self.select_columns(index).project) if self.separable else None
         return graph_terms.Projection(self.project, separable=self.separable,
-                                      scale_invariant=self.row_scalable)
+                                      scale_invariant=self.row_scalable, restrict=restrict)
 
     def dual_part(self, S):
         """Split ``S`` (N, M) for the conjugate of a sum of terms: ``(cost, remainder)``.

@@ -242,24 +242,29 @@ def duality_gap(X, Y, active, V, W, dual=None, *, epsilon=None, column_budgets=N
         multiplier=repaired.dual)
 
 
-def verify(result, *, gap_tol: float = GAP_TOL, feas_tol: float = FEAS_TOL) -> CertificateReport:
-    """Certify a Net-Trim result by its duality gap (**contract**).
+def verify(result, *, gap_tol: float | None = None, feas_tol: float | None = None):
+    """Certify a result by its duality gap (**contract**).
+
+    A :class:`~convexnet.ProgramResult` (any :class:`~convexnet.SparsityProgram`) is certified from
+    its terms' conjugates (:mod:`convexnet.programs.duality`), by default at the accuracy its backend
+    promised (``res.info["tolerances"]``: 1e-6 for the interior-point and polished results, ADMM's
+    ``violation_tol`` otherwise); a Net-Trim layer result as below, by default at 1e-6.
 
     Parameters
     ----------
-    result : NetTrimResult or mapping
-        Read: ``W_design`` (N_design, M), ``dual`` ((P, M) or None: then a dual is built from the
+    result : ProgramResult, NetTrimResult or mapping
+        For a Net-Trim layer, read: ``W_design`` (N_design, M), ``dual`` ((P, M) or None: then a dual is built from the
         primal) and ``problem`` with ``X_design``, ``Y``, ``V``, ``active``, ``form``
         (``"constrained"`` or ``"regularized"``), ``epsilon``, ``column_budgets`` (set when the budget
         is split per column; it takes precedence over ``epsilon``), ``lam`` and ``penalty_weights``.
         A mapping (a dict, or ``numpy.load`` of an ``.npz``) holds the same names, either flat or
         under ``"problem"``; leave out a key whose value is None.
-    gap_tol, feas_tol : float
+    gap_tol, feas_tol : float, optional
         Tolerances of ``ok`` (see :func:`duality_gap`).
 
     Returns
     -------
-    CertificateReport
+    CertificateReport or ProgramCertificate
 
     Raises
     ------
@@ -278,6 +283,8 @@ def verify(result, *, gap_tol: float = GAP_TOL, feas_tol: float = FEAS_TOL) -> C
     program = getattr(result, "program", None)
     if program is not None:
         return _verify_program(result, program, gap_tol=gap_tol, feas_tol=feas_tol)
+    gap_tol = GAP_TOL if gap_tol is None else gap_tol
+    feas_tol = FEAS_TOL if feas_tol is None else feas_tol
     W = _read(result, "W_design")
     if W is None:
         raise InvalidInputError(
@@ -311,6 +318,11 @@ def _verify_program(result, program, *, gap_tol, feas_tol):
 
     if result.W is None:
         raise InvalidInputError(f"result has no solution to certify (status {result.status!r}).")
+    # By default, the accuracy the backend promised (1e-6 for the interior-point and polished
+    # results, ADMM's violation_tol otherwise), as for the certificate solve() attached.
+    promised = result.info.get("tolerances", {})
+    gap_tol = promised.get("gap_tol", GAP_TOL) if gap_tol is None else gap_tol
+    feas_tol = promised.get("feas_tol", FEAS_TOL) if feas_tol is None else feas_tol
     gap_tol = check_scalar("gap_tol", gap_tol, low=0.0)
     feas_tol = check_scalar("feas_tol", feas_tol, low=0.0)
     return certify_program(program, result.W, result.dual, gap_tol=gap_tol, feas_tol=feas_tol)

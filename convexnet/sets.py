@@ -204,6 +204,7 @@ class Sparse(ConstraintSet):
     """
 
     convex = False
+    cone = True
     relaxation = "L1Ball (the convex relaxation of sparsity)"
 
     def __init__(self, k: int, *, axis: int | None = None):
@@ -231,6 +232,7 @@ class LowRank(ConstraintSet):
     """
 
     convex = False
+    cone = True
     relaxation = "NuclearBall (the convex relaxation of low rank)"
 
     def __init__(self, rank: int):
@@ -433,6 +435,9 @@ class NetTrimSet(ConstraintSet):
     ``sqrt(sum over Omega (Z - Y)^2) <= epsilon + tol * max(1, epsilon)`` and
     ``Z - V <= tol * max(1, max |V|)`` off ``Omega``.
     """
+
+    # A set on U defined by data: in a SparsityProgram its meaning is the fits Budget and Below.
+    program_term = False
 
     def __init__(self, X, Y, V=None, epsilon: float | None = None, relu: bool = True):
         self.X = as_float_array("X", X, ndim=2)

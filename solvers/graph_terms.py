@@ -236,15 +236,26 @@ class Projection:
     is_constraint = True
     row_scalable = False
 
-    def __init__(self, project, *, separable: bool, scale_invariant: bool = False):
+    def __init__(self, project, *, separable: bool, scale_invariant: bool = False, restrict=None):
         self.project = project
         self.separable = bool(separable)
+        # restrict(index) -> the projection of the set on the columns ``index`` alone (separable
+        # sets): the engine retires finished columns and projects the rest.
+        self.restrict = restrict
         # Only a set closed under every positive row scaling of W (a coordinate cone, such as a
         # support mask) may be projected in the engine's row-scaled units as it is.
         self.row_scalable = bool(scale_invariant)
 
     def prepare(self, *, device, dtype, row_scale: torch.Tensor, output_scale: float):
         return _PreparedWeight(self, None, row_scale, output_scale)
+
+    def select_columns(self, index: np.ndarray) -> "Projection":
+        """The set on the columns ``index`` (of the full problem) alone."""
+        if self.restrict is None:
+            raise ValueError("this set couples the columns; it has no per-column projection.")
+        # ``index`` counts columns of the full problem, so the original restriction serves again.
+        return Projection(self.restrict(index), separable=True,
+                          scale_invariant=self.row_scalable, restrict=self.restrict)
 
 
 class Prox:
@@ -272,10 +283,17 @@ class _PreparedWeight:
     thresholds: torch.Tensor | None
     row_scale: torch.Tensor
     output_scale: float
+    # The columns of the full problem these are (for a separable set's restricted projection).
+    columns: np.ndarray | None = None
 
     def select(self, keep: torch.Tensor) -> "_PreparedWeight":
         if self.thresholds is not None and self.thresholds.ndim == 2 and self.thresholds.shape[1] > 1:
             return dataclasses.replace(self, thresholds=self.thresholds[:, keep])
+        if isinstance(self.kind, Projection) and self.kind.restrict is not None:
+            mask = keep.detach().cpu().numpy()
+            columns = (np.arange(mask.shape[0]) if self.columns is None else self.columns)[mask]
+            return dataclasses.replace(self, kind=self.kind.select_columns(columns),
+                                       columns=columns)
         return self
 
     def prox(self, points: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:

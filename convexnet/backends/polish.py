@@ -46,6 +46,8 @@ SIGN_TOL = 1e-12
 DUAL_TOL = 1e-8
 BOUND_TOL = 1e-9
 MULTIPLIER_TOL = 1e-9
+# An inequality row within this fraction of the output scale of its bound starts in the active set.
+TIGHT_TOL = 1e-4
 
 
 @dataclass
@@ -90,7 +92,9 @@ class _Column:
         try:
             solution = np.linalg.solve(matrix, rhs)
         except np.linalg.LinAlgError:
-            return None
+            # A singular system (more support than equations): the least-squares point; the
+            # checks then say whether it is a solution.
+            solution = np.linalg.lstsq(matrix, rhs, rcond=None)[0]
         if not np.all(np.isfinite(solution)):
             return None
         w = np.zeros(self.weights.shape[0])
@@ -160,31 +164,42 @@ def polish(program, W, dual) -> Polished | None:
                        below.mask[:, m] if below is not None else np.zeros(P, dtype=bool),
                        below.target[:, m] if below is not None else np.zeros(P), weights)
                for m in range(M)]
-    state = [_initial_sets(column, W[:, m], dual, m, below, weights, X) for m, column in enumerate(columns)]
     scale = max(program.output_scale, 1e-300)
     start = _start_multiplier(fit, dual, W, X) if isinstance(fit, Budget) else np.ones(M)
+    starts = [[_initial_sets(column, W[:, m], dual, m, below, weights, scale, with_tight)
+               for m, column in enumerate(columns)] for with_tight in (False, True)]
     if isinstance(fit, Budget) and not fit.per_column:
-        return _polish_coupled(fit, columns, state, W, dual, weights, scale, start)
+        for state in starts:
+            found = _polish_coupled(fit, columns, state, W, dual, weights, scale, start)
+            if found is not None:
+                return found
+        return None
     W_out, dual_out = W.copy(), dual.copy()
     passed = np.zeros(M, dtype=bool)
     for m, column in enumerate(columns):
-        found = _polish_column(column, state[m], fit, m, weights, scale, float(start[m]))
-        if found is not None:
-            W_out[:, m], dual_out[:, m] = found
-            passed[m] = True
+        for state in starts:
+            found = _polish_column(column, state[m], fit, m, weights, scale, float(start[m]))
+            if found is not None:
+                W_out[:, m], dual_out[:, m] = found
+                passed[m] = True
+                break
     return Polished(W_out, dual_out, passed)
 
 
-def _initial_sets(column, w, dual, m, below, weights, X):
+def _initial_sets(column, w, dual, m, below, weights, scale, with_tight: bool):
     """``(S, signs, K)`` from the approximate solution: its support (every unpenalized row too) and
-    the inequality rows that carry a clearly positive multiplier. Rows that are merely tight are
-    left out: at a degenerate point many are, and the checks add those that the solution needs."""
+    the inequality rows that carry a clearly positive multiplier, and with ``with_tight`` also
+    those that hold with equality to the approximation's accuracy (``TIGHT_TOL`` of the output
+    scale). Which start reaches the solution depends on the point: many tight rows with zero
+    multipliers (a degenerate vertex) mislead the first, missing tight rows the second."""
     S = (w != 0) | (weights == 0)
     signs = np.sign(w)
     if below is None or column.B.shape[0] == 0:
         return S, signs, np.zeros(0, dtype=bool)
     mu = dual[below.mask[:, m], m]
     K = mu > 1e-6 * max(np.abs(mu).max(initial=0.0), 1e-300)
+    if with_tight:
+        K |= column.B @ w >= column.v - TIGHT_TOL * scale
     return S, signs, K
 
 
@@ -205,9 +220,9 @@ def _largest(mask, size, limit_fraction=0.25):
 def _check(column, w, mu, S, signs, K, lam, weights, scale):
     """The acceptance checks: ``(ok, S, signs, K)`` with the sets corrected where a check failed.
 
-    Failed checks are corrected a few entries at a time, worst first: signs that flipped leave
-    ``S``; then negative multipliers leave ``K``; else violated bounds join ``K`` and entries whose
-    correlation exceeds their weight join ``S``.
+    One kind of failure is corrected per call, a few entries at a time, worst first: signs that
+    flipped leave ``S``; else negative multipliers leave ``K``; else violated bounds join ``K``;
+    else entries whose correlation exceeds their weight join ``S``.
     """
     S, signs, K = S.copy(), signs.copy(), K.copy()
     penalized = S & (weights > 0)
@@ -221,13 +236,13 @@ def _check(column, w, mu, S, signs, K, lam, weights, scale):
         multipliers[K] = np.where(negative, mu, 0.0)
         K &= ~_largest(multipliers < 0, -multipliers)
         return False, S, signs, K
-    ok = True
     if column.B.shape[0]:
         excess = column.B @ w - column.v
         violated = ~K & (excess > BOUND_TOL * scale)
         if violated.any():
+            # Primal feasibility first: the correlations below mean little until it holds.
             K |= _largest(violated, excess)
-            ok = False
+            return False, S, signs, K
     residual = column.A @ w - column.y
     Lambda_B = np.zeros(column.B.shape[0])
     if K.any() and mu.size == np.count_nonzero(K):
@@ -239,8 +254,8 @@ def _check(column, w, mu, S, signs, K, lam, weights, scale):
         joining = _largest(outside, excess_correlation)
         S |= joining
         signs = np.where(joining, -np.sign(correlation), signs)
-        ok = False
-    return ok, S, signs, K
+        return False, S, signs, K
+    return True, S, signs, K
 
 
 def _active_set(column, sets, lam, weights, scale):
@@ -267,6 +282,14 @@ def _polish_column(column, sets, fit, m, weights, scale, start):
             return None
         w, mu, (_, _, K) = found
         return w, _column_dual(column, fit, m, w, mu, K, fit.weight)
+    if column.A.shape[0] == 0:
+        # No fit rows (a unit never active): the budget is void, the column a linear program whose
+        # optimality system does not involve the multiplier.
+        found = _active_set(column, sets, 1.0, weights, scale)
+        if found is None:
+            return None
+        w, mu, (_, _, K) = found
+        return w, _column_dual(column, fit, m, w, mu, K, 1.0)
     found = _budget_rounds([column], [sets], float(fit.epsilon[m]), start, weights, scale)
     if found is None:
         return None
@@ -277,20 +300,14 @@ def _polish_column(column, sets, fit, m, weights, scale, start):
 def _budget_rounds(columns, sets, budget, start, weights, scale):
     """The multiplier ``nu`` of a budget shared by ``columns`` and their solutions there.
 
-    Each round corrects every column's active set at the current ``nu`` (at a fixed ``nu`` a
-    column is the squared-loss program, whose active set the corrections find), then moves ``nu``
-    by a root search with those sets held fixed (the residual norm is then monotone in ``nu``), and
-    stops when every column passes its checks at the new ``nu``: ``(nu, [(w, mu, sets)])``, or None.
+    Each round moves ``nu`` by a root search with the active sets held fixed (the residual norm is
+    then monotone in ``nu``), stops when every column passes its checks at that ``nu``, and else
+    corrects the failing columns' active sets at that ``nu`` (where each column is the squared-loss
+    program, whose active set the corrections find): ``(nu, [(w, mu, sets)])``, or None.
     """
     sets = list(sets)
     nu = start
     for _ in range(ROUNDS):
-        for index, column in enumerate(columns):
-            found = _active_set(column, sets[index], nu, weights, scale)
-            if found is None:
-                return None
-            sets[index] = found[2]
-
         def norm(trial, sets=tuple(sets)):
             total = 0.0
             for column, (S, signs, K) in zip(columns, sets):
@@ -304,10 +321,16 @@ def _budget_rounds(columns, sets, budget, start, weights, scale):
         if nu is None:
             return None
         outputs, passed = [], True
-        for column, (S, signs, K) in zip(columns, sets):
+        for index, (column, (S, signs, K)) in enumerate(zip(columns, sets)):
             w, mu = column.solve(S, signs, K, nu)
-            passed &= _check(column, w, mu, S, signs, K, nu, weights, scale)[0]
-            outputs.append((w, mu, (S, signs, K)))
+            if _check(column, w, mu, S, signs, K, nu, weights, scale)[0]:
+                outputs.append((w, mu, (S, signs, K)))
+                continue
+            passed = False
+            found = _active_set(column, sets[index], nu, weights, scale)
+            if found is None:
+                return None
+            sets[index] = found[2]
         if passed:
             return nu, outputs
     return None

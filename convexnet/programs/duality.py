@@ -31,6 +31,8 @@ from ..fits import Budget, Squared
 __all__ = ["ProgramCertificate", "certify_program"]
 
 _GOLDEN = (np.sqrt(5.0) - 1.0) / 2.0
+# The part of X^T Lambda no term takes counts as 0 below this fraction of the size of its terms.
+REMAINDER_TOL = 1e-12
 _SEARCH_STEPS = 80
 
 
@@ -101,7 +103,7 @@ def certify_program(program, W, dual=None, *, gap_tol: float, feas_tol: float) -
                                "applies", violation, primal, gap_tol, feas_tol)
     source = "supplied" if dual is not None else "constructed"
     Lambda = _candidate(program, W) if dual is None else np.asarray(dual, dtype=float)
-    Lambda = _into_domain(program, Lambda)
+    Lambda = _cancel_locked(program, _into_domain(program, Lambda))
     S = -(program.X.T @ Lambda)
     separable = program.separable
     try:
@@ -116,6 +118,40 @@ def certify_program(program, W, dual=None, *, gap_tol: float, feas_tol: float) -
     ok = bool(relative <= gap_tol and violation <= feas_tol)
     return ProgramCertificate(ok, gap, relative, violation, primal, dual_value, True, "", source,
                               float(scale.min()), gap_tol, feas_tol, multiplier)
+
+
+def _locked_rows(program) -> np.ndarray:
+    """Rows of ``W`` whose dual part no term can take (bool, shape (N,)): every penalty leaves them
+    free (an l1 weight of 0, or no penalty at all) and no set bounds them. There the dual needs
+    ``(X^T Lambda)[n, :] = 0`` exactly, which no solver's dual meets to the last digit."""
+    N = program.X.shape[1]
+    if program.sets:
+        return np.zeros(N, dtype=bool)
+    locked = np.ones(N, dtype=bool)
+    for term in program.penalties:
+        locked &= term.free_rows(N)
+    return locked
+
+
+def _cancel_locked(program, Lambda) -> np.ndarray:
+    """``Lambda`` changed as little as possible, on the entries of fits that take any value (not
+    the ``Below`` bounds, whose multipliers must stay >= 0), so that ``X[:, locked]^T Lambda = 0``
+    in every column: the dual's feasibility on the locked rows, to round-off."""
+    locked = _locked_rows(program)
+    if not locked.any():
+        return Lambda
+    free = np.zeros(Lambda.shape, dtype=bool)
+    for term in program.fits:
+        if term.fits_target:
+            free |= term.mask
+    X_locked = program.X[:, locked]
+    Lambda = Lambda.copy()
+    for m in range(Lambda.shape[1]):
+        rows = free[:, m]
+        residual = X_locked.T @ Lambda[:, m]
+        if rows.any() and np.any(residual):
+            Lambda[rows, m] -= np.linalg.lstsq(X_locked[rows].T, residual, rcond=None)[0]
+    return Lambda
 
 
 def _candidate(program, W) -> np.ndarray:
@@ -147,19 +183,19 @@ def _add(columns: np.ndarray, whole: float, part):
     return columns + part, whole
 
 
-def _split_cost(program, S, separable: bool, W=None) -> np.ndarray:
+def _split_cost(program, S, separable: bool, W=None, reference: float = 0.0) -> np.ndarray:
     """``G*(S)`` bounded through the split of the module docstring (per column when separable).
 
     With a primal ``W`` the penalties' parts are also taken as their subgradients at ``W`` (exact at
     an optimum); the smaller of the two bounds is kept (both are valid).
     """
-    costs = [_split_with(program, S, separable, None)]
+    costs = [_split_with(program, S, separable, None, reference)]
     if W is not None and program.penalties and (program.sets or len(program.penalties) > 1):
-        costs.append(_split_with(program, S, separable, W))
+        costs.append(_split_with(program, S, separable, W, reference))
     return np.minimum.reduce(costs)
 
 
-def _split_with(program, S, separable: bool, W) -> np.ndarray:
+def _split_with(program, S, separable: bool, W, reference: float) -> np.ndarray:
     columns, whole = np.zeros(S.shape[1]), 0.0
     remainder = S
     for term in [term for term in program.sets if term.subspace]:
@@ -171,9 +207,11 @@ def _split_with(program, S, separable: bool, W) -> np.ndarray:
     for term in [term for term in program.sets if not term.subspace]:
         part, remainder = term.dual_part(remainder)
         columns, whole = _add(columns, whole, part)
-    size = np.abs(S).max(initial=0.0)
+    # What no term takes must be 0; round-off is judged against the size of the products that
+    # make X^T Lambda (``reference``), not against S itself, which cancellation may have made tiny.
+    size = max(np.abs(S).max(initial=0.0), reference)
     left = np.abs(remainder).max(axis=0, initial=0.0)
-    infeasible = left > 1e-12 * max(size, 1e-300)
+    infeasible = left > REMAINDER_TOL * max(size, 1e-300)
     if separable:
         return np.where(infeasible, np.inf, columns)
     return np.array([np.inf if infeasible.any() else float(np.sum(columns)) + whole])
@@ -188,11 +226,14 @@ def _fit_conjugates(program, Lambda, separable: bool) -> np.ndarray:
 
 def _dual_function(program, Lambda, S, separable, W=None):
     """``t -> d(t Lambda)``, vectorized over columns (separable) or a length-1 array."""
+    # The size of the terms of X^T Lambda: max |X| max |Lambda| times the number of rows.
+    reference = (float(np.abs(program.X).max(initial=0.0)) * float(np.abs(Lambda).max(initial=0.0))
+                 * program.X.shape[0])
 
     def value(t: np.ndarray) -> np.ndarray:
         factor = t[None, :] if separable else float(t[0])
         return (-_fit_conjugates(program, Lambda * factor, separable)
-                - _split_cost(program, S * factor, separable, W))
+                - _split_cost(program, S * factor, separable, W, reference * float(np.max(t))))
 
     return value
 

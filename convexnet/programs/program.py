@@ -91,6 +91,11 @@ class SparsityProgram:
             if getattr(term, "is_constraint", None) is not True:
                 raise InvalidInputError(f"constraints come from convexnet.sets; got {term!r} "
                                         "(penalties go in penalty=).")
+            if not getattr(term, "program_term", True):
+                raise InvalidInputError(
+                    f"{type(term).__name__} cannot be a constraint of a SparsityProgram: write it "
+                    "with fit terms instead (fits.Budget(Y, epsilon, mask=omega) and "
+                    "fits.Below(V, mask=~omega); NetTrimProblem builds them).")
         shapes = {term.shape for term in self.fits}
         if len(shapes) != 1:
             raise InvalidInputError(f"every fit term must have the same shape (P, M); got {sorted(shapes)}.")
@@ -246,10 +251,14 @@ class SparsityProgram:
         targets = [term.target[term.mask] for term in self.fits if term.fits_target]
         y_scale = root_mean_square(np.concatenate(targets)) if targets else 0.0
         y_scale = y_scale or 1.0
-        program = SparsityProgram(self.X / x_scales,
-                                  fit=[term.scaled(x_scale, y_scale) for term in self.fits],
-                                  penalty=[term.scaled(x_scale, y_scale) for term in self.penalties],
-                                  constraints=[term.scaled(x_scale, y_scale) for term in self.sets])
+        try:
+            program = SparsityProgram(
+                self.X / x_scales, fit=[term.scaled(x_scale, y_scale) for term in self.fits],
+                penalty=[term.scaled(x_scale, y_scale) for term in self.penalties],
+                constraints=[term.scaled(x_scale, y_scale) for term in self.sets])
+        except NotImplementedError:
+            # A term that does not say how it scales: the program is solved in its own units.
+            return self, Scaling(np.ones(N), 1.0, 1.0)
         return program, Scaling(x_scales, x_scale, y_scale)
 
     def replace(self, *, fit=None) -> "SparsityProgram":
@@ -287,8 +296,13 @@ class SparsityProgram:
         solution, start = self._run(backend, solver_options, executor, certify, verbose)
         result = ProgramResult(program=self, backend=solution.backend, status=solution.status,
                                solve_time=solution.solve_time, compile_time=solution.compile_time,
-                               iterations=solution.iterations, dual=solution.dual, info=solution.info)
+                               iterations=solution.iterations, dual=solution.dual,
+                               info={**solution.info, "tolerances": dict(solution.tolerances)})
         if solution.W is not None:
+            # Coordinate cones (a support Mask) hold exactly: solvers leave 1e-16 off the support.
+            for term in self.sets:
+                if term.row_scalable:
+                    solution.W = np.asarray(term.project(solution.W), dtype=float)
             result.W = solution.W
             result.objective = self.objective(solution.W)
             result.violation = self.violation(solution.W)

@@ -81,3 +81,68 @@ def test_options_are_checked_before_work():
         program.solve("clarabel", executor="pool")
     with pytest.raises(InvalidInputError, match="certify"):
         program.solve("clarabel", certify="yes")
+
+
+def _small(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((40, 8))
+    W0 = rng.standard_normal((8, 3)) * (rng.random((8, 3)) < 0.6)
+    return X, W0, X @ W0, rng
+
+
+def test_mask_holds_exactly_on_every_backend_and_columns_retire_on_admm():
+    X, W0, Y, _ = _small()
+    Y = Y * np.array([1.0, 30.0, 0.03])      # columns of very different sizes finish apart
+    program = cn.SparsityProgram(X, fit=fits.Squared(Y, weight=10.0), penalty=penalties.L1(1.0),
+                                 constraints=[sets.Mask(W0 != 0)])
+    reference = program.solve("clarabel")
+    for backend in ("clarabel", "osqp", "admm"):
+        result = program.solve(backend)
+        assert np.all(result.W[W0 == 0] == 0)
+        assert result.objective == pytest.approx(reference.objective, rel=1e-4)
+    iterations = program.solve("admm").info["admm"].iterations
+    assert iterations.min() < iterations.max()
+
+
+def test_least_squares_and_unpenalized_rows_are_certified():
+    X, _, Y, rng = _small(1)
+    noisy = Y + 0.1 * rng.standard_normal(Y.shape)
+    plain = cn.SparsityProgram(X, fit=fits.Squared(noisy, weight=10.0))
+    weights = np.ones(8)
+    weights[-1] = 0.0
+    partly = cn.SparsityProgram(X, fit=fits.Squared(noisy), penalty=penalties.L1(weights=weights))
+    for program in (plain, partly):
+        for backend in ("clarabel", "scs", "osqp"):
+            result = program.solve(backend)
+            assert result.status == "optimal" and result.certificate.relative_gap <= 1e-6
+
+
+def test_a_set_made_of_data_is_refused_as_a_program_term():
+    X, _, Y, _ = _small(2)
+    with pytest.raises(InvalidInputError, match="fits.Budget"):
+        cn.SparsityProgram(X, fit=fits.Squared(Y), constraints=[sets.NetTrimSet(X, np.maximum(Y, 0), epsilon=1.0)])
+
+
+def test_a_set_that_does_not_say_how_it_scales_is_solved_in_its_own_units():
+    from convexnet.sets import ConstraintSet
+
+    class Box(ConstraintSet):
+        """|W| <= 0.1 entrywise, without scaled()."""
+
+        separable = True
+
+        def _project(self, x):
+            return np.clip(x, -0.1, 0.1)
+
+        def _contains(self, x, tol):
+            return bool(np.all(np.abs(x) <= 0.1 + tol))
+
+        def _constraints(self, expr):
+            import cvxpy as cp
+
+            return [cp.abs(expr) <= 0.1]
+
+    X, _, Y, _ = _small(3)
+    program = cn.SparsityProgram(5 * X, fit=fits.Squared(5 * Y), penalty=penalties.L1(), constraints=[Box()])
+    result = program.solve("clarabel", certify=False)
+    assert result.status == "optimal" and result.violation <= 1e-7
