@@ -22,7 +22,7 @@ Example
 >>> import numpy as np
 >>> from convexnet import fits
 >>> Y = np.array([[1.0, 0.0], [2.0, 0.0]])
->>> fits.Squared(Y, weight=2.0).value(np.zeros((2, 2)))
+>>> round(float(fits.Squared(Y, weight=2.0).value(np.zeros((2, 2)))), 12)
 10.0
 """
 
@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._base import Parametrized
-from ._duality import stable_norm
+from ._numerics import stable_norm
 from ._validation import as_float_array, check_bool, check_scalar
 from .errors import InvalidInputError
 
@@ -152,7 +152,7 @@ class Squared(FitTerm):
 
     def value(self, Z) -> float:
         # Through a norm that rescales, so that data near float64's limits does not overflow.
-        return (np.sqrt(self.weight) * stable_norm(self._on_mask(Z - self.target))) ** 2
+        return float((np.sqrt(self.weight) * stable_norm(self._on_mask(Z - self.target))) ** 2)
 
     def violation(self, Z, scale: float) -> np.ndarray:
         return np.zeros(self.shape[1])

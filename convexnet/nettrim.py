@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._duality import root_mean_square, stable_norm
+from ._numerics import root_mean_square, stable_norm
 from ._validation import as_float_array, check_bool, check_exactly_one, check_scalar
 from .errors import InvalidInputError
 from .fits import Below, Budget, Squared

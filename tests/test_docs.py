@@ -31,7 +31,8 @@ def test_user_guides_have_examples():
         assert len(python_blocks((ROOT / page).read_text())) >= 1, page
 
 
-DOCTESTED = ["convexnet.nettrim", "convexnet.certificates", "convexnet.sets", "convexnet.penalties",
+DOCTESTED = ["convexnet.nettrim", "convexnet.certificates.layer", "convexnet.programs.program",
+             "convexnet.programs.gram", "convexnet.fits", "convexnet.sets", "convexnet.penalties",
              "convexnet.training", "convexnet.nn", "solvers.prox", "solvers.graph_form",
              "solvers.admm"]
 

@@ -43,7 +43,7 @@ and ``W_ref``), so that the iterates do not depend on the data's units. ``rho_W`
 where each augmented term is of the objective's size and are balanced separately every
 ``ADAPT_EVERY`` iterations by OSQP's rule ``rho <- rho * sqrt(primal / dual)`` on relative residuals.
 
-Stopping: the duality-gap certificate (:func:`convexnet.programs.duality.certify_program`) is both
+Stopping: the duality-gap certificate (:func:`convexnet.certificates.programs.certify_program`) is both
 the stopping rule and the final test. Once the relative residuals are below ``CHECK_BELOW`` it is
 evaluated every ``CHECK_EVERY`` iterations, at the reported point and the ``W``-step's dual of
 ``Z = X W``; the loop stops when the relative gap and the relative violation are within
@@ -66,7 +66,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..fits import BUDGET_SCALE_FLOOR
-from ..programs.duality import certify_program
+from ..certificates.programs import certify_program
 from . import Solution
 from .cvxpy_route import NO_SOLUTION, solve_cvxpy
 from .osqp_budget import budgets, is_quadratic

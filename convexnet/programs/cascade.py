@@ -30,7 +30,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from .. import backends
-from .._duality import stable_norm
+from .._numerics import stable_norm
 from .._validation import check_exactly_one, check_scalar
 from ..backends import auto
 from ..backends import options as backend_options

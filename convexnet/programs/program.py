@@ -238,7 +238,7 @@ class SparsityProgram:
         scaling : Scaling
             The scales, and the map of a solution back.
         """
-        from .._duality import root_mean_square, stable_norm
+        from .._numerics import root_mean_square, stable_norm
 
         P, N, _ = self.shape
         free = np.ones(N, dtype=bool)

@@ -1,13 +1,8 @@
-"""Certificates: prove a pruned layer optimal to a stated gap, or a sparse layer the unique solution.
+"""The duality-gap certificate of a Net-Trim layer (DESIGN section 5, paper 004), and :func:`verify`.
 
-Two kinds (DESIGN section 5, paper 004):
-
-* **Duality gap** (:func:`duality_gap`, :func:`verify`): any dual point ``Lambda`` of the Net-Trim
-  layer program, repaired to be dual feasible, gives a lower bound on the optimal value; with a
-  feasible primal ``W`` the gap ``primal - dual >= 0`` bounds how far ``W`` is from optimal. It needs
-  only numpy, so it checks a backend without trusting it.
-* **Uniqueness** (:func:`uniqueness_certificate`, :func:`layer_uniqueness_certificate`): Proposition 2's
-  dual certificate that a sparse column is the unique solution of the ``epsilon = 0`` program (8)/(9).
+Any dual point ``Lambda`` of the Net-Trim layer program, repaired to be dual feasible, gives a lower
+bound on the optimal value; with a feasible primal ``W`` the gap ``primal - dual >= 0`` bounds how far
+``W`` is from optimal. It needs only numpy, so it checks a backend without trusting it.
 
 The layer program, batch-first: data ``X`` (P, N) (with a trailing ones column when the layer has a
 bias), weights ``W`` (N, M), ``Z = X @ W``, targets ``Y`` (P, M), mask ``A`` = Omega (P, M),
@@ -35,26 +30,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._duality import LayerLoss, construct_dual, repair_dual, stable_norm
-from ._uniqueness import (
-    LayerUniquenessCertificate,
-    UniquenessCertificate,
-    layer_uniqueness_certificate,
-    uniqueness_certificate,
-)
-from ._validation import as_float_array, check_exactly_one, check_scalar, check_shape
-from .errors import InvalidInputError
+from .._numerics import stable_norm
+from .._validation import as_float_array, check_exactly_one, check_scalar, check_shape
+from ..errors import InvalidInputError
+from .layer_duals import LayerLoss, construct_dual, repair_dual
 
-__all__ = [
-    "CertificateReport",
-    "duality_gap",
-    "primal_violation",
-    "verify",
-    "UniquenessCertificate",
-    "LayerUniquenessCertificate",
-    "uniqueness_certificate",
-    "layer_uniqueness_certificate",
-]
+__all__ = ["CertificateReport", "duality_gap", "primal_violation", "verify"]
 
 GAP_TOL = 1e-6
 FEAS_TOL = 1e-6
@@ -246,7 +227,7 @@ def verify(result, *, gap_tol: float | None = None, feas_tol: float | None = Non
     """Certify a result by its duality gap (**contract**).
 
     A :class:`~convexnet.ProgramResult` (any :class:`~convexnet.SparsityProgram`) is certified from
-    its terms' conjugates (:mod:`convexnet.programs.duality`), by default at the accuracy its backend
+    its terms' conjugates (:mod:`convexnet.certificates.programs`), by default at the accuracy its backend
     promised (``res.info["tolerances"]``: 1e-6 for the interior-point and polished results, ADMM's
     ``violation_tol`` otherwise); a Net-Trim layer result as below, by default at 1e-6.
 
@@ -314,7 +295,7 @@ def verify(result, *, gap_tol: float | None = None, feas_tol: float | None = Non
 
 def _verify_program(result, program, *, gap_tol, feas_tol):
     """:func:`verify` of a :class:`~convexnet.programs.ProgramResult` (any convex program)."""
-    from .programs.duality import certify_program
+    from .programs import certify_program
 
     if result.W is None:
         raise InvalidInputError(f"result has no solution to certify (status {result.status!r}).")
@@ -375,7 +356,7 @@ def _layer_loss(epsilon, column_budgets, lam, M) -> LayerLoss:
 
 def _fit_terms(Y, active, V, loss: LayerLoss) -> list:
     """The layer's fit terms (:mod:`convexnet.fits`): the loss on Omega and ``Z <= V`` off it."""
-    from .fits import Below, Budget, Squared
+    from ..fits import Below, Budget, Squared
 
     if loss.kind == "regularized":
         fit = Squared(Y, weight=loss.lam, mask=active)

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import as_float_array, check_scalar, check_shape
-from .errors import InvalidInputError
+from .._validation import as_float_array, check_scalar, check_shape
+from ..errors import InvalidInputError
 
 __all__ = [
     "UniquenessCertificate",

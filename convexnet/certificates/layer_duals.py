@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._numerics import stable_norm
+
 # An entry of W counts in the support when it exceeds this fraction of its column's largest entry
 # (and the column's largest exceeds this fraction of the layer's): solvers' iterates carry tiny
 # non-zeros that are not part of the solution.
@@ -28,35 +30,6 @@ INEQUALITY_ACTIVE_TOL = 1e-4
 # A residual is cancelled on the unpenalized rows when it falls below this fraction of the size
 # of the terms it is made of; otherwise the column's dual is dropped (set to 0, always feasible).
 CANCEL_TOL = 1e-10
-
-
-# np.linalg.norm squares the entries: beyond these norms a square can overflow (over 1e154) or an
-# entry's square underflow while it still matters (norms below 1e-146), so the data is rescaled.
-_SAFE_NORMS = (1e-100, 1e100)
-
-
-def stable_norm(x, axis=None):
-    """``||x||_2`` (Frobenius for a matrix; per slice when ``axis`` is given) at any scale.
-
-    Equal to ``np.linalg.norm(x, axis=axis)`` where that is exact; data near float64's limits (1e150
-    or 1e-150, say) is divided by its largest magnitude first, so that no square overflows or
-    underflows. Returns a float for ``axis=None``, else an array.
-    """
-    x = np.asarray(x, dtype=float)
-    with np.errstate(over="ignore", under="ignore"):
-        norm = np.linalg.norm(x, axis=axis)
-    if np.all((norm >= _SAFE_NORMS[0]) & (norm <= _SAFE_NORMS[1]) | (norm == 0) & ~np.any(x)):
-        return float(norm) if axis is None else norm
-    largest = np.max(np.abs(x), axis=axis, keepdims=True, initial=0.0)
-    divisor = np.where(largest > 0, largest, 1.0)
-    norm = np.linalg.norm(x / divisor, axis=axis) * np.squeeze(largest, axis=axis)
-    return float(norm) if axis is None else norm
-
-
-def root_mean_square(x) -> float:
-    """``sqrt(mean(x^2))`` of all entries of ``x``, at any scale (0 for empty ``x``)."""
-    x = np.asarray(x)
-    return stable_norm(x) / np.sqrt(x.size) if x.size else 0.0
 
 
 @dataclass(frozen=True)
