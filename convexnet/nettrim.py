@@ -188,7 +188,7 @@ class NetTrimProblem:
     def _program(self) -> SparsityProgram:
         """The layer as a :class:`~convexnet.SparsityProgram`: a fit on Omega (the squared loss, or
         the budget of the layer or of each column), ``Z <= V`` off Omega, the weighted l1 norm."""
-        if self.form == "regularized":
+        if self.lam is not None:
             fit = Squared(self.Y, weight=self.lam, mask=self.active)
         else:
             budget = self.column_budgets if self.column_budgets is not None else self.epsilon
@@ -381,7 +381,7 @@ class NetTrimProblem:
     def objective(self, W_design: np.ndarray) -> float:
         """The program's objective at ``W_design`` (N_design, M) (:meth:`SparsityProgram.objective`);
         a Gram-form regularized problem adds back ``lam`` times the floor its compression left out."""
-        offset = self.lam * float(np.sum(self.residual_floor)) if self.form == "regularized" else 0.0
+        offset = self.lam * float(np.sum(self.residual_floor)) if self.lam is not None else 0.0
         return self.program.objective(W_design) + offset
 
     def violation(self, W_design: np.ndarray) -> float:

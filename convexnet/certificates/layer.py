@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._numerics import stable_norm
 from .._validation import as_float_array, check_exactly_one, check_scalar, check_shape
 from ..errors import InvalidInputError
 from .layer_duals import LayerLoss, construct_dual, repair_dual
@@ -189,7 +188,7 @@ def duality_gap(X, Y, active, V, W, dual=None, *, epsilon=None, column_budgets=N
     check_shape("l1_weights", weights, (N,), "(N,), one per row of W")
     if (weights < 0).any():
         raise InvalidInputError("l1_weights must be >= 0 (use 0 for an unpenalized bias row).")
-    loss = _layer_loss(epsilon, column_budgets, lam, M)
+    loss = _layer_loss(Y, active, V, epsilon=epsilon, column_budgets=column_budgets, lam=lam)
     gap_tol = check_scalar("gap_tol", gap_tol, low=0.0)
     feas_tol = check_scalar("feas_tol", feas_tol, low=0.0)
     if dual is not None:
@@ -197,11 +196,8 @@ def duality_gap(X, Y, active, V, W, dual=None, *, epsilon=None, column_budgets=N
         check_shape("dual", dual, (P, M), "(P, M), the shape of Y")
 
     Z = X @ W
-    residual = np.where(active, Z - Y, 0.0)
-    primal = float(np.sum(weights[:, None] * np.abs(W)))
-    if loss.kind == "regularized":
-        primal += (np.sqrt(loss.lam) * stable_norm(residual)) ** 2
-    budget_violation, inequality_violation = _violations(X, Y, active, V, W, loss)
+    primal = float(np.sum(weights[:, None] * np.abs(W))) + sum(term.value(Z) for term in loss.terms)
+    budget_violation, inequality_violation = _violations(X, W, loss)
     violation = max(budget_violation, inequality_violation)
 
     source = "supplied" if dual is not None else "constructed"
@@ -212,8 +208,7 @@ def duality_gap(X, Y, active, V, W, dual=None, *, epsilon=None, column_budgets=N
     repaired = repair_dual(X, Y, V, active, dual, weights, loss, W=W, enough=enough)
     gap = primal - repaired.value
     relative_gap = gap / max(1.0, abs(primal))
-    form = {"regularized": "regularized", "coupled": "constrained",
-            "per_column": "constrained_per_column"}[loss.kind]
+    form = loss.label
     return CertificateReport(
         ok=bool(relative_gap <= gap_tol and violation <= feas_tol), gap=gap,
         relative_gap=relative_gap, primal_violation=violation, budget_violation=budget_violation,
@@ -281,7 +276,7 @@ def verify(result, *, gap_tol: float | None = None, feas_tol: float | None = Non
     if missing:
         raise InvalidInputError(f"result lacks {missing}; a saved result must hold {list(required)}.")
     budgets = {}
-    if form == "regularized":
+    if _read(source, "lam") is not None:
         budgets["lam"] = _read(source, "lam")
     elif _read(source, "column_budgets") is not None:
         budgets["column_budgets"] = _read(source, "column_budgets")
@@ -340,36 +335,30 @@ def _as_mask(active, shape) -> np.ndarray:
     return mask
 
 
-def _layer_loss(epsilon, column_budgets, lam, M) -> LayerLoss:
-    check_exactly_one({"lam": lam, "epsilon": epsilon, "column_budgets": column_budgets},
-                      " (regularized; constrained with one layer budget; per column)")
-    if lam is not None:
-        return LayerLoss("regularized", lam=check_scalar("lam", lam, low=0.0, low_inclusive=False))
-    if epsilon is not None:
-        return LayerLoss("coupled", epsilon=check_scalar("epsilon", epsilon, low=0.0))
-    budgets = as_float_array("column_budgets", column_budgets, ndim=1)
-    check_shape("column_budgets", budgets, (M,), "(M,), one per column of Y")
-    if (budgets < 0).any():
-        raise InvalidInputError("column_budgets must be >= 0.")
-    return LayerLoss("per_column", budgets=budgets)
-
-
-def _fit_terms(Y, active, V, loss: LayerLoss) -> list:
+def _layer_loss(Y, active, V, *, epsilon, column_budgets, lam) -> LayerLoss:
     """The layer's fit terms (:mod:`convexnet.fits`): the loss on Omega and ``Z <= V`` off it."""
     from ..fits import Below, Budget, Squared
 
-    if loss.kind == "regularized":
-        fit = Squared(Y, weight=loss.lam, mask=active)
+    check_exactly_one({"lam": lam, "epsilon": epsilon, "column_budgets": column_budgets},
+                      " (regularized; constrained with one layer budget; per column)")
+    if lam is not None:
+        fit = Squared(Y, weight=check_scalar("lam", lam, low=0.0, low_inclusive=False), mask=active)
+    elif epsilon is not None:
+        fit = Budget(Y, check_scalar("epsilon", epsilon, low=0.0), mask=active)
     else:
-        fit = Budget(Y, loss.epsilon if loss.kind == "coupled" else loss.budgets, mask=active)
-    return [fit] if active.all() else [fit, Below(V, mask=~active)]
+        budgets = as_float_array("column_budgets", column_budgets, ndim=1)
+        check_shape("column_budgets", budgets, (Y.shape[1],), "(M,), one per column of Y")
+        if (budgets < 0).any():
+            raise InvalidInputError("column_budgets must be >= 0.")
+        fit = Budget(Y, budgets, mask=active)
+    return LayerLoss((fit,) if active.all() else (fit, Below(V, mask=~active)))
 
 
-def _violations(X, Y, active, V, W, loss: LayerLoss) -> tuple[float, float]:
+def _violations(X, W, loss: LayerLoss) -> tuple[float, float]:
     """``(budget part, inequality part)`` of the relative violation, by the fit terms' one rule
     (:meth:`convexnet.SparsityProgram.violation`, which every backend uses too)."""
     Z = X @ W
-    terms = _fit_terms(Y, active, V, loss)
+    terms = loss.terms
     scale = max(term.scale() for term in terms) or 1.0
     parts = [float(term.violation(Z, scale).max(initial=0.0)) for term in terms]
     return parts[0], (parts[1] if len(parts) > 1 else 0.0)
@@ -385,5 +374,5 @@ def primal_violation(X, Y, active, V, W, *, epsilon=None, column_budgets=None,
     (:mod:`convexnet.fits`), shared by every backend, :func:`duality_gap` and
     ``NetTrimProblem.violation``. Inputs as in :func:`duality_gap` (already validated arrays).
     """
-    loss = _layer_loss(epsilon, column_budgets, lam, Y.shape[1])
-    return max(_violations(X, Y, active, V, W, loss))
+    loss = _layer_loss(Y, active, V, epsilon=epsilon, column_budgets=column_budgets, lam=lam)
+    return max(_violations(X, W, loss))

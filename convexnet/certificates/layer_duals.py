@@ -34,43 +34,67 @@ CANCEL_TOL = 1e-10
 
 @dataclass(frozen=True)
 class LayerLoss:
-    """The data-fit part ``f(Z)`` of the layer program.
+    """The data-fit part ``f(Z)`` of the layer program: its fit on Omega (:class:`~convexnet.fits.Squared`
+    or :class:`~convexnet.fits.Budget`) and, when some entry is off Omega, ``Z <= V`` there
+    (:class:`~convexnet.fits.Below`). Everything below asks these terms."""
 
-    ``kind`` is ``"regularized"`` (``lam * sum_Omega (Z - Y)^2``), ``"coupled"`` (one budget
-    ``||(Z - Y)_Omega||_F <= epsilon``) or ``"per_column"`` (``||(Z - Y)_Omega[:, m]|| <= budgets[m]``);
-    each also carries ``Z <= V`` off Omega.
-    """
+    terms: tuple
 
-    kind: str
-    lam: float | None = None
-    epsilon: float | None = None
-    budgets: np.ndarray | None = None
+    @property
+    def fit(self):
+        return self.terms[0]
+
+    @property
+    def budget(self) -> bool:
+        """Whether the fit is a budget (a constraint) rather than the squared loss."""
+        return self.fit.is_constraint
+
+    @property
+    def separable(self) -> bool:
+        return all(term.separable for term in self.terms)
+
+    @property
+    def label(self) -> str:
+        """``"regularized"``, ``"constrained"`` or ``"constrained_per_column"`` (for reports)."""
+        if not self.budget:
+            return "regularized"
+        return "constrained_per_column" if self.separable else "constrained"
+
+    def column_budgets(self, M: int) -> np.ndarray:
+        """The budget of every column (the layer's, repeated, for a whole-matrix budget)."""
+        return np.broadcast_to(np.asarray(self.fit.epsilon, dtype=float), (M,))
 
 
 def dual_objective_parts(Y, V, active, dual, loss: LayerLoss, *, per_column: bool = False):
     """Split the dual objective into ``(linear, quadratic)``: value at ``t * Lambda`` is
     ``t * linear - t^2 * quadratic``.
 
-    regularized: ``linear = -<Y_A, xi> - <V_B, mu>``, ``quadratic = ||xi||^2 / (4 lam)``;
-    constrained: ``linear = -<Y_A, xi> - <V_B, mu> - epsilon ||xi||`` (coupled) or
-    ``- sum_m epsilon_m ||xi_m||`` (per column), ``quadratic = 0`` (the dual is homogeneous).
-    ``per_column=True`` (separable losses only) returns the two parts of every column, arrays of
-    shape (M,), instead of floats.
+    The value is ``-sum of the terms' conjugates`` (:mod:`convexnet.fits`), whose parts are
+    homogeneous of degree 1 or 2 in ``Lambda`` (``<L, Y>`` and ``epsilon ||L||`` of degree 1,
+    ``||L||^2 / (4 lam)`` of degree 2); with ``c(t)`` the conjugates at ``t Lambda``,
+    ``linear = -(4 c(1) - c(2)) / 2`` and ``quadratic = (c(2) - 2 c(1)) / 2``. ``per_column=True``
+    (separable losses only) returns the two parts of every column, arrays of shape (M,).
+    ``Y``, ``V``, ``active`` are the terms' data (kept for the callers' signature).
     """
-    xi = np.where(active, dual, 0.0)
-    mu = np.where(active, 0.0, dual)
-    linear = -np.sum(Y * xi, axis=0) - np.sum(V * mu, axis=0)
-    quadratic = np.zeros_like(linear)
-    if loss.kind == "regularized":
-        # (||xi|| / (2 sqrt(lam)))^2, not sum(xi^2) / (4 lam): xi^2 leaves float64 at 1e155.
-        quadratic = (stable_norm(xi, axis=0) / (2.0 * np.sqrt(loss.lam))) ** 2
-    elif loss.kind == "per_column":
-        linear = linear - loss.budgets * stable_norm(xi, axis=0)
+    def conjugates(L):
+        total_columns, total = np.zeros(L.shape[1]), 0.0
+        for term in loss.terms:
+            value = term.conjugate(L)
+            if np.ndim(value) == 0:
+                total += float(value)
+            else:
+                total_columns = total_columns + value
+        return total_columns, total
+
+    (once, once_whole), (twice, twice_whole) = conjugates(dual), conjugates(2.0 * dual)
+    linear = -(4.0 * once - twice) / 2.0
+    quadratic = (twice - 2.0 * once) / 2.0
     if per_column:
-        return linear, quadratic
-    if loss.kind == "coupled":
-        return float(linear.sum()) - loss.epsilon * stable_norm(xi), 0.0
-    return float(linear.sum()), float(quadratic.sum())
+        return linear, np.maximum(quadratic, 0.0)
+    linear_whole = -(4.0 * once_whole - twice_whole) / 2.0
+    quadratic_whole = (twice_whole - 2.0 * once_whole) / 2.0
+    return (float(linear.sum()) + linear_whole,
+            max(float(quadratic.sum()) + quadratic_whole, 0.0))
 
 
 def best_scale(linear: float, quadratic: float, largest: float) -> float:
@@ -224,13 +248,14 @@ def construct_dual(X, Y, V, active, W, weights, loss: LayerLoss) -> np.ndarray:
         return float(fitted[0])
 
     for m in range(M):
-        if loss.kind == "regularized":
-            fit(m, 2.0 * loss.lam)
+        if not loss.budget:
+            # The squared loss's gradient is known: 2 lam (Z - Y) on Omega.
+            fit(m, 2.0 * loss.fit.weight)
         elif budget_mode[m] == "inactive":
             fit(m, 0.0)
         else:
             coefficients[m] = fit(m, None)
-    if loss.kind == "coupled" and budget_mode[0] == "direction":
+    if loss.budget and not loss.separable and budget_mode[0] == "direction":
         informative = stable_norm(residual, axis=0) > 0
         shared = float(np.median(coefficients[informative])) if informative.any() else 0.0
         for m in range(M):
@@ -241,11 +266,12 @@ def construct_dual(X, Y, V, active, W, weights, loss: LayerLoss) -> np.ndarray:
 def _budget_mode(residual, loss: LayerLoss) -> list[str]:
     """Per column: ``"direction"`` (xi along the residual), ``"free"`` (zero budget) or ``"inactive"``."""
     M = residual.shape[1]
-    if loss.kind == "regularized":
+    if not loss.budget:
         return ["direction"] * M
-    if loss.kind == "coupled":
-        return [_mode(stable_norm(residual), loss.epsilon)] * M
-    return [_mode(norm, budget) for norm, budget in zip(stable_norm(residual, axis=0), loss.budgets)]
+    if not loss.separable:
+        return [_mode(stable_norm(residual), float(loss.fit.epsilon))] * M
+    return [_mode(norm, budget)
+            for norm, budget in zip(stable_norm(residual, axis=0), loss.column_budgets(M))]
 
 
 def _mode(norm: float, budget: float) -> str:
@@ -354,7 +380,7 @@ def _repair_clipped(X, Y, V, active, candidate, weights, loss, aligned=False) ->
     candidate, dropped = cancel_unpenalized(X, active, candidate, weights == 0)
     correlation = np.abs(X.T @ candidate)
     penalized = weights > 0
-    per_column = loss.kind != "coupled"
+    per_column = loss.separable
     ratio = (correlation[penalized] / weights[penalized, None]).max(axis=0, initial=0.0)
     if not per_column:
         ratio = np.array([ratio.max(initial=0.0)])
