@@ -235,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = commands.add_parser(
         "prune", help="Net-Trim a saved torch model (paper 004)",
-        description="Prune the Linear and Conv2d layers of a saved torch model with Net-Trim on "
+        description="Prune the Linear and Conv1d/2d/3d layers of a saved torch model with Net-Trim on "
                     "calibration inputs, print a per-layer report and save the pruned model in "
                     "the input's format.",
         epilog="MODEL: a state dict (.pt or .safetensors) with --arch, or, with --trust-pickle, "
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MODEL is a whole pickled module: unpickle it (runs code from the file; "
                             "trusted files only)")
     prune.add_argument("--layers", metavar="NAMES",
-                       help="comma-separated module names to trim (default: every Linear/Conv2d)")
+                       help="comma-separated module names to trim (default: every Linear and Conv1d/2d/3d)")
     prune.add_argument("--relu", metavar="NAMES",
                        help="comma-separated names of the layers followed by a ReLU (default: "
                             "detected in nn.Sequential)")

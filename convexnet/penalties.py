@@ -46,14 +46,27 @@ class Penalty(Parametrized):
     is_constraint = False
     separable = True
     subspace = False
+    # A norm (positively homogeneous of degree 1) keeps its strength in any units.
+    norm_like = False
 
     def __init__(self, strength: float = 1.0):
         self.strength = check_scalar("strength", strength, low=0.0)
 
     def scaled(self, x_scale: float, y_scale: float) -> "Penalty":
         """The penalty in units ``W' = W x_scale / y_scale`` with the objective times ``x_scale /
-        y_scale``: a norm is unchanged (the two factors cancel)."""
-        return self
+        y_scale``: a norm is unchanged (the two factors cancel); other penalties must say how they
+        scale (without it the backends solve the program in its own units)."""
+        if self.norm_like:
+            return self
+        raise NotImplementedError(f"{type(self).__name__} does not define scaled(x_scale, y_scale).")
+
+    def _dual_ball(self, S):
+        raise NotImplementedError(f"{type(self).__name__} has no dual-norm ball here, so programs "
+                                  "that use it get no duality-gap certificate.")
+
+    def _subgradient_near(self, S, W):
+        raise NotImplementedError(f"{type(self).__name__} has no subgradient here, so programs "
+                                  "that use it get no duality-gap certificate.")
 
     def select_columns(self, index) -> "Penalty":
         """The penalty on the columns ``index`` of ``W`` (separable penalties)."""
@@ -122,6 +135,8 @@ class L1(Penalty):
         Non-negative ``c``, broadcast against ``x``; for a matrix ``W`` (N, M) a vector of length N
         weighs the rows (0 leaves a row, such as a bias row, unpenalized). Default: all ones.
     """
+
+    norm_like = True
 
     def __init__(self, strength: float = 1.0, weights=None):
         super().__init__(strength)
@@ -228,6 +243,8 @@ class GroupL1(Penalty):
     strength : float, default 1.0
     axis : {1, 0}
     """
+
+    norm_like = True
 
     def __init__(self, strength: float = 1.0, axis: int = 1):
         super().__init__(strength)

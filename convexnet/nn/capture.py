@@ -24,7 +24,7 @@ __all__ = ["find_layers", "detect_relu", "resolve_relu", "count_rows", "select_r
 
 # Modules that are the identity at evaluation time: a ReLU after them still follows the layer.
 _TRANSPARENT = (torch.nn.Identity, torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d,
-                torch.nn.AlphaDropout)
+                torch.nn.Dropout3d, torch.nn.AlphaDropout, torch.nn.FeatureAlphaDropout)
 
 
 # -------------------------------------------------------------------------------- discovery

@@ -550,3 +550,11 @@ def test_admm_options_flat_or_keyed_reach_admm_in_the_torch_adapter(options):
         assert result.backend == "admm" and result.status == "max_iterations"
         assert (result.iterations == 3).all()
         assert layer.accepted_inaccurate and np.isnan(layer.bound)
+
+
+def test_every_dropout_between_a_layer_and_its_relu_is_skipped():
+    from convexnet.nn.capture import detect_relu
+
+    for dropout in (torch.nn.Dropout3d(), torch.nn.FeatureAlphaDropout(), torch.nn.Dropout1d()):
+        model = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 2), dropout, torch.nn.ReLU())
+        assert detect_relu(model) == {"0"}

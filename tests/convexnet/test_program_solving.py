@@ -146,3 +146,28 @@ def test_a_set_that_does_not_say_how_it_scales_is_solved_in_its_own_units():
     program = cn.SparsityProgram(5 * X, fit=fits.Squared(5 * Y), penalty=penalties.L1(), constraints=[Box()])
     result = program.solve("clarabel", certify=False)
     assert result.status == "optimal" and result.violation <= 1e-7
+
+
+def test_a_penalty_that_does_not_say_how_it_scales_is_solved_in_its_own_units():
+    import cvxpy as cp
+
+    class Ridge(penalties.Penalty):
+        """strength * ||W||^2 (not a norm: it does not keep its strength in other units)."""
+
+        def _value(self, x):
+            return x * x
+
+        def _prox(self, x, weight):
+            return x / (1.0 + 2.0 * weight)
+
+        def _cvxpy(self, expr):
+            return self.strength * cp.sum_squares(expr)
+
+    X, _, Y, _ = _small(4)
+    program = cn.SparsityProgram(30 * X, fit=fits.Squared(Y), penalty=Ridge(50.0))
+    W = cp.Variable((8, 3))
+    oracle = cp.Problem(cp.Minimize(cp.sum_squares(30 * X @ W - Y) + 50.0 * cp.sum_squares(W)))
+    oracle.solve(solver="CLARABEL")
+    for backend in ("clarabel", "scs", "osqp"):
+        result = program.solve(backend, certify=False)
+        assert result.objective == pytest.approx(oracle.value, rel=1e-5)
