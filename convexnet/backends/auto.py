@@ -15,20 +15,26 @@ import numpy as np
 
 from . import Solution, get, worst_status
 
-__all__ = ["AutoBackend", "AUTO_ADMM_SIZE", "by_size", "choose"]
+__all__ = ["AutoBackend", "AUTO_ADMM_SIZE", "choose", "preference"]
 
 #: Above this many entries of ``X`` times output columns (``P * N * M``), "auto" prefers ADMM.
 AUTO_ADMM_SIZE = 1e8
 
 
-def by_size(P: int, N: int, M: int) -> str:
-    """What ``"auto"`` prefers for a convex program of ``P`` samples, ``N`` inputs, ``M`` outputs."""
+def preference(P: int, N: int, M: int, *, convex: bool = True, polishable: bool = False) -> str:
+    """What ``"auto"`` prefers for a program of ``P`` samples, ``N`` inputs, ``M`` outputs: ADMM
+    for nonconvex programs and for those polish makes exact (every Net-Trim layer), else ADMM
+    above ``AUTO_ADMM_SIZE`` and Clarabel below."""
+    if not convex or polishable:
+        return "admm"
     return "admm" if P * N * M > AUTO_ADMM_SIZE else "clarabel"
 
 
 def choose(program) -> str:
     """The backend ``"auto"`` runs for ``program``."""
-    preferred = "admm" if not program.convex else by_size(*program.shape)
+    from .polish import applies
+
+    preferred = preference(*program.shape, convex=program.convex, polishable=applies(program))
     order = [preferred, "clarabel" if preferred == "admm" else "admm"]
     for name in order:
         if get(name).accepts(program) is None:
@@ -44,12 +50,24 @@ class AutoBackend:
         return get(choose(program)).accepts(program)
 
     def solve(self, program, options: dict, verbose: bool = False, executor=None) -> Solution:
+        from .admm_route import POLISH_AFTER
+        from .polish import applies
+
         name = choose(program)
-        solution = get(name).solve(program, _options_for(options, name), verbose, executor)
+        run_options = _options_for(options, name)
+        polishing = (name == "admm" and program.convex and applies(program)
+                     and run_options.get("polish", True) is not False)
+        if polishing:
+            # One stage: ADMM's first steps and a polish; what does not polish goes to Clarabel.
+            run_options.setdefault("max_iterations", POLISH_AFTER)
+        solution = get(name).solve(program, run_options, verbose, executor)
         solution.backend = name
-        if name == "admm" and program.convex and program.separable and solution.W is not None:
-            solution = _refine(program, solution, _options_for(options, "clarabel", keyed_only=True),
-                               verbose, executor)
+        if name == "admm" and program.convex and solution.W is not None:
+            fallback = _options_for(options, "clarabel", keyed_only=True)
+            if program.separable:
+                solution = _refine(program, solution, fallback, verbose, executor, polishing)
+            elif polishing and not solution.info["polished"].all():
+                solution = _whole(program, solution, fallback, verbose, executor)
         return solution
 
 
@@ -63,12 +81,25 @@ def _options_for(options: dict, name: str, *, keyed_only: bool = False) -> dict:
     return dict(options_for(options, name) or {})
 
 
-def _refine(program, solution: Solution, options: dict, verbose: bool, executor) -> Solution:
-    """Re-solve with Clarabel the columns ADMM did not finish; keep ADMM's answer for the rest."""
+def _whole(program, solution: Solution, options: dict, verbose: bool, executor) -> Solution:
+    """A program whose columns are coupled and that did not polish: Clarabel solves it whole."""
+    whole = get("clarabel").solve(program, options, verbose, executor)
+    if whole.W is None:
+        return solution
+    whole.backend = "admm+clarabel"
+    whole.solve_time += solution.solve_time
+    whole.info = {**whole.info, "admm_time": solution.solve_time, "polished": solution.info["polished"]}
+    return whole
+
+
+def _refine(program, solution: Solution, options: dict, verbose: bool, executor,
+            polishing: bool = False) -> Solution:
+    """Re-solve with Clarabel the columns ADMM did not finish (or, where polish applies, did not
+    polish: ADMM's own 1e-4 answer is not Clarabel's accuracy); keep ADMM's answer for the rest."""
     out = solution.info["admm"]
     unfinished = ~out.converged | (out.column_violation > solution.info["tolerance"])
     # A polished column is exact on its support whatever ADMM's own state was.
-    redo = np.flatnonzero(unfinished & ~solution.info["polished"])
+    redo = np.flatnonzero((unfinished | polishing) & ~solution.info["polished"])
     if redo.size == 0:
         return solution
     sub = get("clarabel").solve(program.select_columns(redo), options, verbose, executor)
@@ -78,9 +109,13 @@ def _refine(program, solution: Solution, options: dict, verbose: bool, executor)
     W[:, redo], dual[:, redo] = sub.W, sub.dual
     kept = ["optimal"] if redo.size < W.shape[1] else []
     column_status = sub.info.get("column_status", [sub.status])
+    tolerances = solution.tolerances
+    if polishing:
+        # Every column is now polished or Clarabel's: judged as the interior-point backends are.
+        tolerances = dict(sub.tolerances)
     return Solution(W, dual, worst_status(kept + list(column_status)),
                     solution.solve_time + sub.solve_time, solution.compile_time + sub.compile_time,
                     solution.iterations, {**solution.info, "refined_columns": redo,
                                           "refine_time": sub.solve_time + sub.compile_time,
                                           "refine_backend": "clarabel"},
-                    solution.tolerances, backend="admm+clarabel")
+                    tolerances, backend="admm+clarabel")

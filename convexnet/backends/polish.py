@@ -46,6 +46,8 @@ SIGN_TOL = 1e-12
 DUAL_TOL = 1e-8
 BOUND_TOL = 1e-9
 MULTIPLIER_TOL = 1e-9
+# The restricted system must hold to this fraction of the size of its terms.
+SYSTEM_TOL = 1e-10
 # An inequality row within this fraction of the output scale of its bound starts in the active set.
 TIGHT_TOL = 1e-4
 
@@ -92,10 +94,16 @@ class _Column:
         try:
             solution = np.linalg.solve(matrix, rhs)
         except np.linalg.LinAlgError:
-            # A singular system (more support than equations): the least-squares point; the
-            # checks then say whether it is a solution.
+            # A singular system (more support than equations): the least-squares point.
             solution = np.linalg.lstsq(matrix, rhs, rcond=None)[0]
         if not np.all(np.isfinite(solution)):
+            return None
+        # A nearly singular system can return a point that does not solve it (the tight rows then
+        # do not hold): such a point is no solution of the restricted problem.
+        mismatch = np.abs(matrix @ solution - rhs).max(initial=0.0)
+        magnitude = (np.abs(matrix).max(initial=0.0) * np.abs(solution).max(initial=0.0)
+                     + np.abs(rhs).max(initial=0.0))
+        if mismatch > SYSTEM_TOL * max(magnitude, 1e-300):
             return None
         w = np.zeros(self.weights.shape[0])
         w[S] = solution[:size]

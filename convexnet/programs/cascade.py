@@ -292,7 +292,9 @@ class Solving:
             samples = network.original(index)[0].shape[0]
             for block in step.blocks:
                 rows, columns = block.W.shape[0] + (block.b is not None), block.W.shape[1]
-                chosen = auto.by_size(samples, rows, columns) if name == "auto" else name
+                # A Net-Trim layer is a program polish makes exact: "auto" runs ADMM on it.
+                chosen = (auto.preference(samples, rows, columns, polishable=True)
+                          if name == "auto" else name)
                 backend_options.check(self.solver_options, chosen)
 
     def keywords(self, problem: NetTrimProblem, executor) -> dict:

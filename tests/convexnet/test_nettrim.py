@@ -328,14 +328,23 @@ def test_epsilon_array_gives_per_column_budgets():
         cn.NetTrimProblem(X, Y, epsilon=-budgets)
 
 
-def test_auto_picks_clarabel_for_small_layers_and_admm_for_huge_ones(monkeypatch):
+def test_auto_runs_polished_admm_on_layers_and_clarabel_on_small_other_programs(monkeypatch):
+    from convexnet import fits, penalties, sets
     from convexnet.backends import auto
 
     X, Y, _, _ = make_layer(16)
     prob = cn.NetTrimProblem(X, Y, lam=1.0, bias=True)
-    assert auto.choose(prob.program) == "clarabel"
-    monkeypatch.setattr(auto, "AUTO_ADMM_SIZE", X.size * Y.shape[1] / 2)
     assert auto.choose(prob.program) == "admm"
+    result = prob.solve(backend="auto")
+    reference = prob.solve(backend="clarabel")
+    # Polished (or refined by Clarabel per column): certified as an interior-point result is.
+    assert result.status == "optimal" and result.certificate.gap_tol == 1e-6
+    assert result.objective == pytest.approx(reference.objective, rel=1e-6)
+    # A program polish does not apply to goes by size.
+    other = cn.SparsityProgram(X, fit=fits.Squared(Y), penalty=penalties.L1(), constraints=[sets.L1InfBall(3.0)])
+    assert auto.choose(other) == "clarabel"
+    monkeypatch.setattr(auto, "AUTO_ADMM_SIZE", X.size * Y.shape[1] / 2)
+    assert auto.choose(other) == "admm"
 
 
 def test_auto_solves_the_columns_admm_leaves_unfinished_with_clarabel(monkeypatch):

@@ -137,25 +137,27 @@ def test_solver_options_are_checked_for_every_layer_before_the_first_is_solved(m
     from convexnet.backends import auto
 
     weights, biases, X = make_network(7, sizes=(3, 6, 2), P=40)
-    # Layer 1 (40 x 4 x 6 = 960) goes to ADMM under "auto", layer 2 (40 x 7 x 2 = 560) to Clarabel.
-    monkeypatch.setattr(auto, "AUTO_ADMM_SIZE", 700)
+    # Every layer goes to ADMM (then polish, and Clarabel for what does not polish) under "auto".
     seen = []
     with pytest.raises(cn.InvalidInputError, match="'bogus'"):
         cn.trim_network(weights, X, rel_epsilon=0.1, biases=biases,
                         solver_options={"admm": {"rel_tol": 1e-5}, "clarabel": {"bogus": 1}},
                         progress=lambda *args: seen.append(args))
     assert seen == []
-    with pytest.raises(cn.InvalidInputError, match="rel_tol.*'admm': {...}, 'clarabel': {...}"):
-        cn.trim_network(weights, X, rel_epsilon=0.1, biases=biases, solver_options={"rel_tol": 1e-5},
+    # A flat dict goes to the backend "auto" runs (ADMM): a Clarabel setting there is refused.
+    with pytest.raises(cn.InvalidInputError, match="max_iter.*'admm': {...}, 'clarabel': {...}"):
+        cn.trim_network(weights, X, rel_epsilon=0.1, biases=biases, solver_options={"max_iter": 5},
                         progress=lambda *args: seen.append(args))
     assert seen == []
     with pytest.raises(cn.InvalidInputError, match="solver_options\\['admm'\\] must be a dict"):
         cn.trim_network(weights, X, rel_epsilon=0.1, solver_options={"admm": 3})
-    # Keyed options reach the backend each layer runs on.
-    net = cn.trim_network(weights, X, rel_epsilon=0.1, biases=biases,
-                          solver_options={"admm": {"max_iterations": 2}, "clarabel": {"max_iter": 1}})
+    # Keyed options reach each backend: ADMM stopped after 2 steps without polish leaves every
+    # column to Clarabel, which stops after 1 iteration.
+    net = cn.trim_network(weights, X, rel_epsilon=0.1, biases=biases, split_budget=True,
+                          solver_options={"admm": {"max_iterations": 2, "polish": False},
+                                          "clarabel": {"max_iter": 1}})
     assert net.layers[0].info["admm"].iterations.max() == 2
-    assert net.layers[1].backend == "clarabel" and net.layers[1].status == "max_iterations"
+    assert net.layers[0].backend == "admm+clarabel" and net.layers[0].status == "max_iterations"
 
 
 def test_cascade_split_budget_uses_eq7_per_column_and_stays_feasible():
