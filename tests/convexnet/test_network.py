@@ -133,9 +133,7 @@ def test_bad_network_input_raises_before_work(kwargs, error, words):
         cn.trim_network(**kwargs)
 
 
-def test_solver_options_are_checked_for_every_layer_before_the_first_is_solved(monkeypatch):
-    from convexnet.backends import auto
-
+def test_solver_options_are_checked_for_every_layer_before_the_first_is_solved():
     weights, biases, X = make_network(7, sizes=(3, 6, 2), P=40)
     # Every layer goes to ADMM (then polish, and Clarabel for what does not polish) under "auto".
     seen = []
