@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import convexnet as cn
+from tests.models import TINY_ARCH, tiny_files
 from convexnet import cli
 
 
@@ -118,25 +119,6 @@ def test_demo_rejects_bad_options_before_training(argv, words, capsys):
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
     assert words in captured.err and "[1/3]" not in captured.err
-
-
-TINY_ARCH = '''import torch
-def build():
-    return torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
-'''
-
-
-def tiny_files(folder, arch_folder=None):
-    """A state dict of TINY_ARCH and calibration inputs in ``folder``; TINY_ARCH as
-    ``tiny_arch.py`` in ``arch_folder`` (if given)."""
-    namespace: dict = {}
-    exec(TINY_ARCH, namespace)
-    torch.manual_seed(0)
-    torch.save(namespace["build"]().state_dict(), folder / "model.pt")
-    np.save(folder / "calibration.npy",
-            np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32))
-    if arch_folder is not None:
-        (arch_folder / "tiny_arch.py").write_text(TINY_ARCH)
 
 
 class _RunsCode:

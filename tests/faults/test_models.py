@@ -17,16 +17,7 @@ import convexnet as cn  # noqa: E402
 import convexnet.nn as cnn  # noqa: E402
 from convexnet import penalties, sets, training  # noqa: E402
 from convexnet.nn import capture as nn_capture  # noqa: E402
-
-
-def mlp(seed=0, sizes=(5, 12, 10, 3)):
-    torch.manual_seed(seed)
-    layers = []
-    for index, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(torch.nn.Linear(a, b))
-        if index < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*layers).double()
+from tests.models import mlp  # noqa: E402
 
 
 def convnet(seed=0):

@@ -18,12 +18,9 @@ import pytest
 import torch
 
 import convexnet as cn
+from tests.models import tiny_files
 from convexnet import cli
 
-TINY_ARCH = '''import torch
-def build():
-    return torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.ReLU(), torch.nn.Linear(6, 2))
-'''
 
 # argv: KILL_POINT ("mid-write" or "after-replace"), then "prune" and the command's arguments, or
 # "save" PICKLED_RESULT TARGET.
@@ -78,16 +75,9 @@ result.save(rest[1])
 
 
 def tiny_model(folder):
-    """A state dict of TINY_ARCH (``model.pt``), its builder (``arch/tiny_arch.py``) and
-    calibration inputs (``calibration.npy``) in ``folder``."""
-    namespace: dict = {}
-    exec(TINY_ARCH, namespace)
-    torch.manual_seed(0)
-    torch.save(namespace["build"]().state_dict(), folder / "model.pt")
-    np.save(folder / "calibration.npy",
-            np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32))
+    """TINY_ARCH's files in ``folder``, its builder in ``folder/arch``."""
     (folder / "arch").mkdir()
-    (folder / "arch" / "tiny_arch.py").write_text(TINY_ARCH)
+    tiny_files(folder, folder / "arch")
 
 
 def prune_argv(out="model.pt", *extra):
