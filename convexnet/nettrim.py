@@ -225,46 +225,11 @@ class NetTrimProblem:
         InvalidInputError
             When the budget is below the floor (no ``W`` meets it).
         """
-        from .programs.gram import GramData, compress
+        from .programs.gram import net_trim_problem
 
-        if not isinstance(gram, GramData):
-            raise InvalidInputError(f"gram must be a convexnet.GramData; got {type(gram).__name__}.")
-        bias = check_bool("bias", bias)
-        check_exactly_one({"epsilon": epsilon, "rel_epsilon": rel_epsilon, "lam": lam},
-                          " (epsilon or rel_epsilon: constrained form; lam: regularized form)")
-        design = gram.with_bias() if bias else gram
-        R, T, floor = compress(design)
-        y_norms = np.sqrt(gram.y_squares)
-        total = float(np.sqrt(gram.y_squares.sum()))
-        budget = {"lam": lam} if lam is not None else {}
-        if lam is None:
-            full = (check_scalar("rel_epsilon", rel_epsilon, low=0.0) * total if epsilon is None
-                    else epsilon)
-            if np.ndim(full) == 0 and check_bool("split_budget", split_budget):
-                shares = y_norms / total if total > 0 else np.full(y_norms.shape, y_norms.size ** -0.5)
-                full = check_scalar("epsilon", full, low=0.0) * shares
-            if np.ndim(full) == 1:
-                full = as_float_array("epsilon", full, ndim=1)
-                squares, floors = full ** 2, floor
-            else:
-                full = check_scalar("epsilon", full, low=0.0)
-                squares, floors = full ** 2, float(floor.sum())
-            short = np.asarray(squares - floors) < 0
-            if short.any():
-                raise InvalidInputError(
-                    f"epsilon is below the least-squares floor: no W reaches ||X W - Y|| <= epsilon "
-                    f"(floor {np.sqrt(np.sum(floor)):.6g} for the layer); raise the budget.")
-            budget = {"epsilon": np.sqrt(np.maximum(squares - floors, 0.0))}
-        problem = cls(R, T, relu=False, **budget, **options)
-        if bias:
-            problem.bias = True
-            problem.X = R[:, :-1]
-            problem.penalize_bias = check_bool("penalize_bias", penalize_bias)
-            if not problem.penalize_bias:
-                problem.penalty_weights[-1] = 0.0
-            problem.program = problem._program()
-        problem.gram, problem.residual_floor = gram, floor
-        return problem
+        return net_trim_problem(cls, gram, epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam,
+                                bias=bias, penalize_bias=penalize_bias, split_budget=split_budget,
+                                **options)
 
     @classmethod
     def from_weights(cls, X, W, b=None, *, relu=True, **kwargs) -> "NetTrimProblem":

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import as_float_array
+from .._validation import as_float_array, check_bool, check_exactly_one, check_scalar
 from ..errors import InvalidInputError
 
-__all__ = ["GramData", "compress"]
+__all__ = ["GramData", "compress", "net_trim_problem"]
 
 
 @dataclass
@@ -146,3 +146,46 @@ def compress(gram: GramData, *, relative_rank_tol: float = 1e-12):
     T = (basis.T @ gram.XtY) / roots[:, None]
     floor = np.maximum(gram.y_squares - np.einsum("rm,rm->m", T, T), 0.0)
     return R, T, floor
+
+
+def net_trim_problem(cls, gram, *, epsilon=None, rel_epsilon=None, lam=None, bias=False,
+                     penalize_bias=True, split_budget=False, **options):
+    """The body of :meth:`convexnet.NetTrimProblem.from_gram` (``cls`` the class)."""
+    if not isinstance(gram, GramData):
+        raise InvalidInputError(f"gram must be a convexnet.GramData; got {type(gram).__name__}.")
+    bias = check_bool("bias", bias)
+    check_exactly_one({"epsilon": epsilon, "rel_epsilon": rel_epsilon, "lam": lam},
+                      " (epsilon or rel_epsilon: constrained form; lam: regularized form)")
+    design = gram.with_bias() if bias else gram
+    R, T, floor = compress(design)
+    y_norms = np.sqrt(gram.y_squares)
+    total = float(np.sqrt(gram.y_squares.sum()))
+    budget = {"lam": lam} if lam is not None else {}
+    if lam is None:
+        full = (check_scalar("rel_epsilon", rel_epsilon, low=0.0) * total if epsilon is None
+                else epsilon)
+        if np.ndim(full) == 0 and check_bool("split_budget", split_budget):
+            shares = y_norms / total if total > 0 else np.full(y_norms.shape, y_norms.size ** -0.5)
+            full = check_scalar("epsilon", full, low=0.0) * shares
+        if np.ndim(full) == 1:
+            full = as_float_array("epsilon", full, ndim=1)
+            squares, floors = full ** 2, floor
+        else:
+            full = check_scalar("epsilon", full, low=0.0)
+            squares, floors = full ** 2, float(floor.sum())
+        short = np.asarray(squares - floors) < 0
+        if short.any():
+            raise InvalidInputError(
+                f"epsilon is below the least-squares floor: no W reaches ||X W - Y|| <= epsilon "
+                f"(floor {np.sqrt(np.sum(floor)):.6g} for the layer); raise the budget.")
+        budget = {"epsilon": np.sqrt(np.maximum(squares - floors, 0.0))}
+    problem = cls(R, T, relu=False, **budget, **options)
+    if bias:
+        problem.bias = True
+        problem.X = R[:, :-1]
+        problem.penalize_bias = check_bool("penalize_bias", penalize_bias)
+        if not problem.penalize_bias:
+            problem.penalty_weights[-1] = 0.0
+        problem.program = problem._program()
+    problem.gram, problem.residual_floor = gram, floor
+    return problem
