@@ -35,7 +35,7 @@ import numpy as np
 from ..fits import Below, Budget, Squared
 from ..penalties import L1
 
-__all__ = ["Polished", "applies", "polish"]
+__all__ = ["Polished", "applies", "polish", "restricted"]
 
 ROUNDS = 30
 # Relative tolerances of the acceptance checks. They absorb the round-off of the small solves at
@@ -374,3 +374,48 @@ def _polish_coupled(fit, columns, state, W, dual, weights, scale, start):
         W_out[:, m] = w
         dual_out[:, m] = _column_dual(column, fit, m, w, mu, K, nu)
     return Polished(W_out, dual_out, np.ones(len(columns), dtype=bool))
+
+
+def restricted(program, W, dual, columns, *, options=None, margin: float = 0.9):
+    """Columns of a separable program solved again by Clarabel on their likely support only.
+
+    Where the restricted system is degenerate (more tight rows than a vertex needs) the polish
+    above gives up; the column's program restricted to the entries that ADMM kept, those whose
+    correlation ``|X^T Lambda|`` is within ``margin`` of their weight, and the unpenalized rows,
+    is small (``P x |S|`` instead of ``P x N``) and an interior-point solver settles it. The answer
+    is the full program's when the certificate's dual feasibility holds off that support, which is
+    checked here: ``|X^T Lambda| <= c (1 + DUAL_TOL)`` on every other row. Returns a
+    :class:`Polished` with ``columns`` marking those that passed, or None when the program is not
+    of the polish kind.
+    """
+    from ..programs import SparsityProgram
+    from . import get
+
+    if not applies(program) or not program.separable:
+        return None
+    X = program.X
+    P, N, M = program.shape
+    penalty = program.penalties[0]
+    weights = penalty.full_weights((N, 1))[:, 0]
+    correlation = np.abs(X.T @ dual)
+    W_out, dual_out = W.copy(), dual.copy()
+    passed = np.zeros(M, dtype=bool)
+    for m in columns:
+        support = (W[:, m] != 0) | (weights == 0) | (correlation[:, m] >= margin * weights)
+        if not support.any():
+            continue
+        sub = SparsityProgram(X[:, support], fit=[term.select_columns([m]) for term in program.fits],
+                              penalty=type(penalty)(penalty.strength, weights=weights[support]
+                                                    / max(penalty.strength, 1e-300)))
+        solution = get("clarabel").solve(sub, dict(options or {}))
+        if solution.W is None or solution.dual is None:
+            continue
+        w = np.zeros(N)
+        w[support] = solution.W[:, 0]
+        Lambda = solution.dual[:, 0]
+        outside = ~support & (np.abs(X.T @ Lambda) > weights * (1 + DUAL_TOL))
+        if outside.any():
+            continue
+        W_out[:, m], dual_out[:, m] = w, Lambda
+        passed[m] = True
+    return Polished(W_out, dual_out, passed)

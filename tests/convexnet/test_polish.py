@@ -78,3 +78,24 @@ def test_a_subspace_is_projected_in_the_original_units():
     # answered a different program (objective 90x Clarabel's).
     assert admm.info["admm"].status == "optimal" and admm.violation <= 1e-4
     assert admm.objective == pytest.approx(reference.objective, rel=1e-4)
+
+
+def test_columns_solved_again_on_their_support_match_clarabel():
+    """The fallback for columns the polish leaves: Clarabel on ADMM's likely support, checked off it."""
+    from convexnet.backends.polish import restricted
+
+    X, Y = relu_layer(200, 40, 10, seed=7)
+    problem = cn.NetTrimProblem(X, Y, rel_epsilon=0.05, split_budget=True)
+    rough = problem.solve("admm", solver_options={"polish": False, "threads": 1})
+    found = restricted(problem.program, rough.W_design, rough.dual, np.arange(10))
+    assert found.columns.all()
+    reference = problem.solve("clarabel")
+    assert problem.objective(found.W) == pytest.approx(reference.objective, rel=1e-7)
+    assert problem.violation(found.W) <= 1e-7
+    report = cn.certificates.duality_gap(problem.X_design, problem.Y, problem.active, problem.V,
+                                         found.W, found.dual, column_budgets=problem.column_budgets)
+    assert report.ok
+    # A support that misses an entry the optimum needs is caught by the check off the support.
+    wrong = np.zeros_like(rough.W_design)
+    wrong[0, 0] = 1.0
+    assert not restricted(problem.program, wrong, np.zeros_like(rough.dual), [0], margin=2.0).columns[0]
