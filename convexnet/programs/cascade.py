@@ -285,15 +285,16 @@ class Solving:
     penalize_bias: bool = True
     allow_inaccurate: bool = False
 
-    def check(self, network: Network) -> None:
+    def check(self, network: Network, budget: "Budget") -> None:
         """The backend, and the options for the backend each program will run on, before any solve."""
         name = backends.get(self.backend).name
         for index, step in enumerate(network.steps):
             samples = network.original(index)[0].shape[0]
             for block in step.blocks:
                 rows, columns = block.W.shape[0] + (block.b is not None), block.W.shape[1]
-                # A Net-Trim layer is a program polish makes exact: "auto" runs ADMM on it.
-                chosen = (auto.preference(samples, rows, columns, polishable=True)
+                # A separable Net-Trim layer is a program polish makes exact: "auto" runs ADMM.
+                separable = budget.lam is not None or budget.split
+                chosen = (auto.preference(samples, rows, columns, polishable=separable)
                           if name == "auto" else name)
                 backend_options.check(self.solver_options, chosen)
 
@@ -367,7 +368,7 @@ def run(network: Network, budget: Budget, solving: Solving, progress=None) -> Ca
         layers after it are not solved.
     """
     steps = network.steps
-    solving.check(network)
+    solving.check(network, budget)
     jobs = None
     if budget.mode == "parallel" and solving.executor is not None:
         # Every layer's input is known up front: each program is an independent job.

@@ -135,17 +135,18 @@ def test_bad_network_input_raises_before_work(kwargs, error, words):
 
 def test_solver_options_are_checked_for_every_layer_before_the_first_is_solved():
     weights, biases, X = make_network(7, sizes=(3, 6, 2), P=40)
-    # Every layer goes to ADMM (then polish, and Clarabel for what does not polish) under "auto".
+    # With per-column budgets every layer goes to ADMM (then polish, and Clarabel for what does not
+    # polish) under "auto".
     seen = []
     with pytest.raises(cn.InvalidInputError, match="'bogus'"):
-        cn.trim_network(weights, X, rel_epsilon=0.1, biases=biases,
+        cn.trim_network(weights, X, rel_epsilon=0.1, biases=biases, split_budget=True,
                         solver_options={"admm": {"rel_tol": 1e-5}, "clarabel": {"bogus": 1}},
                         progress=lambda *args: seen.append(args))
     assert seen == []
     # A flat dict goes to the backend "auto" runs (ADMM): a Clarabel setting there is refused.
     with pytest.raises(cn.InvalidInputError, match="max_iter.*'admm': {...}, 'clarabel': {...}"):
-        cn.trim_network(weights, X, rel_epsilon=0.1, biases=biases, solver_options={"max_iter": 5},
-                        progress=lambda *args: seen.append(args))
+        cn.trim_network(weights, X, rel_epsilon=0.1, biases=biases, split_budget=True,
+                        solver_options={"max_iter": 5}, progress=lambda *args: seen.append(args))
     assert seen == []
     with pytest.raises(cn.InvalidInputError, match="solver_options\\['admm'\\] must be a dict"):
         cn.trim_network(weights, X, rel_epsilon=0.1, solver_options={"admm": 3})
