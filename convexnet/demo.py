@@ -186,7 +186,7 @@ def _figure(path, X, labels, grid, before, after, hidden_before, hidden_after, r
     scale = np.abs(hidden_before).max()
     for ax, W, title in ((axes[1], hidden_before, "(b) hidden-to-hidden weights, trained"),
                          (axes[2], hidden_after,
-                          f"(b) after Net-Trim: {100 * report.hidden_pruned:.1f}% pruned")):
+                          f"(c) after Net-Trim: {100 * report.hidden_pruned:.1f}% pruned")):
         ax.imshow(W.T, cmap="RdBu_r", vmin=-scale, vmax=scale, interpolation="nearest")
         ax.set_title(title)
         ax.set_xlabel("hidden layer 1")
