@@ -77,6 +77,8 @@ class FitTerm(Parametrized):
     separable = True
     # Whether Z should come close to the target (a fit) rather than stay below it (a bound).
     fits_target = True
+    # Whether the CVXPY lowering is quadratic-program representable (OSQP takes it as it is).
+    quadratic = False
 
     def __init__(self, target, mask, name: str):
         self.target = as_float_array(name, target, ndim=2)
@@ -92,7 +94,16 @@ class FitTerm(Parametrized):
 
     def select_columns(self, index) -> "FitTerm":
         """The same term on the columns ``index`` of ``Z`` (separable terms only)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not define select_columns.")
+
+    def scaled(self, x_scale: float, y_scale: float) -> "FitTerm":
+        """The term in units ``X / x_scale``, ``Z / y_scale`` (the objective times ``x_scale /
+        y_scale``); a term that does not say is solved in the program's own units."""
+        raise NotImplementedError(f"{type(self).__name__} does not define scaled(x_scale, y_scale).")
+
+    def column_cvxpy(self, w, z):
+        """One column's lowering with CVXPY parameters; without it, the program is solved whole."""
+        raise NotImplementedError(f"{type(self).__name__} does not define column_cvxpy.")
 
     # The methods every term implements:
     # value(Z) -> float; violation(Z, scale) -> (M,) array; cvxpy(Z) -> (expression or 0, constraints);
@@ -124,6 +135,8 @@ class Squared(FitTerm):
     Conjugate on the mask: ``f*(L) = <L, Y> + ||L||^2 / (4 weight)``; the optimal dual is the
     gradient ``L = 2 weight (Z - Y)``.
     """
+
+    quadratic = True
 
     def __init__(self, Y, weight: float = 1.0, mask=None):
         super().__init__(Y, mask, "Y")
@@ -304,6 +317,7 @@ class Below(FitTerm):
 
     is_constraint = True
     fits_target = False
+    quadratic = True
 
     def __init__(self, V, mask=None):
         super().__init__(V, mask, "V")

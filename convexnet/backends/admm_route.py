@@ -41,6 +41,9 @@ class ADMMBackend:
     name = "admm"
 
     def accepts(self, program) -> str | None:
+        for term in program.fits:
+            if not callable(getattr(term, "graph_term", None)):
+                return f"the fit {type(term).__name__} has no ADMM term (graph_term)"
         for term in program.weight_terms:
             try:
                 term.graph_term()

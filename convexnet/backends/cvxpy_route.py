@@ -98,7 +98,10 @@ class CVXPYBackend:
         if program.separable and program.M > 1:
             from .cvxpy_columns import solve_columns
 
-            return solve_columns(program, self.name, options, verbose=verbose, executor=executor)
+            try:
+                return solve_columns(program, self.name, options, verbose=verbose, executor=executor)
+            except NotImplementedError:
+                pass  # a term without a per-column lowering (raised while building, before solving)
         return solve_cvxpy(program, self.name, options, verbose)
 
 

@@ -56,6 +56,11 @@ def _non_quadratic(program) -> list[str]:
 
 def reason_to_refuse(program) -> str | None:
     """Why OSQP cannot take ``program`` (None when it can, natively or by the reduction)."""
+    fits = [type(term).__name__ for term in program.fits
+            if not term.quadratic and term not in budgets(program)]
+    if fits:
+        return (f"the fit {', '.join(fits)} is not quadratic-program representable and OSQP takes "
+                "quadratic programs only (budgets by a reduction)")
     others = _non_quadratic(program)
     if others:
         return (f"{', '.join(others)} is not quadratic-program representable (a second-order or "

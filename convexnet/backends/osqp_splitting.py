@@ -103,6 +103,10 @@ def split_penalties(program) -> list:
 def reason_to_refuse(program) -> str | None:
     """Why the splitting cannot take ``program`` (None when it can): a set that is not a QP."""
     shape = (program.X.shape[1], program.M)
+    fits = [type(term).__name__ for term in program.fits if not term.quadratic and term not in budgets(program)]
+    if fits:
+        return (f"the fit {', '.join(fits)} is not quadratic-program representable and OSQP takes "
+                "quadratic programs only (budgets by a reduction)")
     others = [type(term).__name__ for term in program.sets if not is_quadratic(term, shape)]
     if others:
         return (f"{', '.join(others)} is not quadratic-program representable (a second-order or "

@@ -171,3 +171,31 @@ def test_a_penalty_that_does_not_say_how_it_scales_is_solved_in_its_own_units():
     for backend in ("clarabel", "scs", "osqp"):
         result = program.solve(backend, certify=False)
         assert result.objective == pytest.approx(oracle.value, rel=1e-5)
+
+
+def test_a_custom_fit_a_backend_cannot_take_is_refused_before_work():
+    import cvxpy as cp
+
+    class Huber(fits.FitTerm):
+        """sum of Huber losses on the mask: convex, not a QP term here, no ADMM prox."""
+
+        def __init__(self, Y):
+            super().__init__(Y, None, "Y")
+
+        def value(self, Z):
+            return float(np.sum(np.where(np.abs(Z - self.target) <= 1, (Z - self.target) ** 2,
+                                         2 * np.abs(Z - self.target) - 1)))
+
+        def violation(self, Z, scale):
+            return np.zeros(self.shape[1])
+
+        def cvxpy(self, Z):
+            return cp.sum(cp.huber(Z - self.target)), []
+
+    X, _, Y, _ = _small(5)
+    program = cn.SparsityProgram(X, fit=Huber(Y), penalty=penalties.L1())
+    with pytest.raises(cn.BackendUnavailableError, match="Huber.*quadratic"):
+        program.solve("osqp")
+    with pytest.raises(cn.BackendUnavailableError, match="Huber has no ADMM term"):
+        program.solve("admm")
+    assert program.solve("clarabel", certify=False).status == "optimal"
