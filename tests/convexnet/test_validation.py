@@ -13,7 +13,6 @@ import torch
 
 import convexnet as cn
 from convexnet import certificates
-from convexnet._validation import as_float_array
 from convexnet.errors import InvalidInputError
 
 
@@ -43,15 +42,16 @@ def raises_naming(argument):
     (torch.ones(3, 2, dtype=torch.complex64), "complex"),
     (torch.empty(3, 2, device="meta"), "meta"),
 ])
-def test_as_float_array_refuses_what_is_not_real_data(bad, word):
-    with pytest.raises(InvalidInputError, match=f"(?s)data.*{word}|{word}"):
-        as_float_array("data", bad)
+def test_data_that_is_not_real_is_refused(bad, word):
+    # Every array argument is read by the same check; a fit term's target is one of them.
+    with pytest.raises(InvalidInputError, match=f"(?s)V.*{word}|{word}"):
+        cn.fits.Below(bad)
 
 
-def test_as_float_array_reads_low_precision_tensors_exactly():
+def test_low_precision_tensors_are_read_exactly():
     values = torch.tensor([[1.5, -2.25], [0.0078125, 3.0]])
     for dtype in (torch.bfloat16, torch.float16):
-        out = as_float_array("data", values.to(dtype))
+        out = cn.fits.Below(values.to(dtype)).target
         assert out.dtype == np.float64 and np.array_equal(out, values.numpy())
 
 
