@@ -65,7 +65,7 @@ class LayerLoss:
         return np.broadcast_to(np.asarray(self.fit.epsilon, dtype=float), (M,))
 
 
-def dual_objective_parts(Y, V, active, dual, loss: LayerLoss, *, per_column: bool = False):
+def dual_objective_parts(dual, loss: LayerLoss, *, per_column: bool = False):
     """Split the dual objective into ``(linear, quadratic)``: value at ``t * Lambda`` is
     ``t * linear - t^2 * quadratic``.
 
@@ -74,7 +74,6 @@ def dual_objective_parts(Y, V, active, dual, loss: LayerLoss, *, per_column: boo
     ``||L||^2 / (4 lam)`` of degree 2); with ``c(t)`` the conjugates at ``t Lambda``,
     ``linear = -(4 c(1) - c(2)) / 2`` and ``quadratic = (c(2) - 2 c(1)) / 2``. ``per_column=True``
     (separable losses only) returns the two parts of every column, arrays of shape (M,).
-    ``Y``, ``V``, ``active`` are the terms' data (kept for the callers' signature).
     """
     def conjugates(L):
         total_columns, total = np.zeros(L.shape[1]), 0.0
@@ -386,9 +385,9 @@ def _repair_clipped(X, Y, V, active, candidate, weights, loss, aligned=False) ->
         ratio = np.array([ratio.max(initial=0.0)])
     largest = np.where(ratio > 0, 1.0 / np.where(ratio > 0, ratio, 1.0), np.inf)
     if per_column:
-        parts = list(zip(*dual_objective_parts(Y, V, active, candidate, loss, per_column=True)))
+        parts = list(zip(*dual_objective_parts(candidate, loss, per_column=True)))
     else:
-        parts = [dual_objective_parts(Y, V, active, candidate, loss)]
+        parts = [dual_objective_parts(candidate, loss)]
     scales = np.array([best_scale(linear, quadratic, bound)
                        for (linear, quadratic), bound in zip(parts, largest)])
     residual = float((correlation[~penalized] * scales).max(initial=0.0))
