@@ -29,10 +29,10 @@ Examples
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
 >>> report = cnn.trim(model, torch.randn(64, 4), rel_epsilon=0.05)  # doctest: +SKIP
 >>> sorted(cnn.__all__)
-['LayerReport', 'TrimReport', 'trim']
+['LayerReport', 'TrimReport', 'refit', 'trim']
 """
 
 from .report import LayerReport, TrimReport
-from .trimming import trim
+from .trimming import refit, trim
 
-__all__ = ["trim", "TrimReport", "LayerReport"]
+__all__ = ["trim", "refit", "TrimReport", "LayerReport"]

@@ -12,15 +12,16 @@ measures it first). Layers with the same row count therefore keep the same rows.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from .layers import adapter_for, as_numpy, describe_supported, supported
+from .layers import as_numpy, describe_supported, model_adapters
 
 __all__ = ["find_layers", "detect_relu", "resolve_relu", "count_rows", "select_rows", "capture",
-           "working_copy", "run_model", "is_iterable"]
+           "working_copy", "run_model", "is_iterable", "layer_adapters", "model_options"]
 
 # Modules that are the identity at evaluation time: a ReLU after them still follows the layer.
 _TRANSPARENT = (torch.nn.Identity, torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d,
@@ -35,7 +36,8 @@ def find_layers(model: torch.nn.Module, layers) -> list[str]:
     otherwise an iterable of names from ``model.named_modules()``.
     """
     modules = dict(model.named_modules())
-    candidates = [name for name, module in modules.items() if isinstance(module, supported())]
+    adapters = model_adapters(model)
+    candidates = list(adapters)
     if layers is None:
         if not candidates:
             raise InvalidInputError(
@@ -57,7 +59,7 @@ def find_layers(model: torch.nn.Module, layers) -> list[str]:
                 raise InvalidInputError(
                     f"layers names {name!r}, which is not a module of the model; layers that can "
                     f"be trimmed: {_short_list(candidates)}.")
-            if not isinstance(modules[name], supported()):
+            if name not in adapters:
                 raise InvalidInputError(
                     f"layers names {name!r}, a {type(modules[name]).__name__}; only "
                     f"{describe_supported()} can be trimmed.")
@@ -83,8 +85,9 @@ def detect_relu(model: torch.nn.Module) -> set[str]:
         if not isinstance(module, torch.nn.Sequential):
             continue
         children = list(module.named_children())
+        layers = model_adapters(module)
         for index, (child_name, child) in enumerate(children):
-            if not isinstance(child, supported()):
+            if child_name not in layers:
                 continue
             following = [c for _, c in children[index + 1:] if not isinstance(c, _TRANSPARENT)]
             if following and isinstance(following[0], torch.nn.ReLU):
@@ -143,39 +146,56 @@ def working_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copied.eval()
 
 
-def run_model(model: torch.nn.Module, batches: list, hooks: dict) -> None:
-    """Run ``model`` on every batch without gradients, with ``hooks`` ``{module: hook}`` attached.
+def run_model(model: torch.nn.Module, batches: list, hooks: list) -> None:
+    """Run ``model`` on every batch without gradients, with ``hooks`` ``[(module, hook)]`` attached.
 
     Each hook is a forward hook with keyword arguments, ``hook(module, args, kwargs, output)``; all
-    are removed afterwards, even when the forward pass raises.
+    are removed afterwards, even when the forward pass raises. The fused fast path of
+    ``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` is off meanwhile: it skips the
+    submodules' calls (so their hooks) and the pruning hooks that refresh their weights.
     """
-    handles = [module.register_forward_hook(hook, with_kwargs=True)
-               for module, hook in hooks.items()]
+    handles = [module.register_forward_hook(hook, with_kwargs=True) for module, hook in hooks]
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    options = model_options(model)
     try:
         with torch.no_grad():
             for batch in batches:
-                model(batch)
+                model(batch, **options)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
         for handle in handles:
             handle.remove()
 
 
+def model_options(model: torch.nn.Module) -> dict:
+    """Keyword arguments for calibration passes: ``use_cache=False`` for a model that takes it.
+
+    A ``transformers`` model would otherwise build a key/value cache that its blocks update in
+    place, so that running a recorded block call twice would attend to the first run's keys.
+    """
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"use_cache": False} if "use_cache" in parameters else {}
+
+
 def count_rows(model, names: list[str], batches: list) -> tuple[list[str], dict, dict]:
     """One pass that measures each layer: execution order, rows in total and calls per batch."""
-    modules = {name: model.get_submodule(name) for name in names}
-    adapters = {name: adapter_for(module) for name, module in modules.items()}
+    adapters = layer_adapters(model, names)
     order, totals, calls = [], dict.fromkeys(names, 0), dict.fromkeys(names, 0)
 
     def make_hook(name):
         def hook(module, args, kwargs, output):
             if name not in order:
                 order.append(name)
-            totals[name] += adapters[name].row_count(output)
+            totals[name] += adapters[name].call_rows(args, kwargs, output)
             calls[name] += 1
         return hook
 
     try:
-        run_model(model, batches, {modules[name]: make_hook(name) for name in names})
+        run_model(model, batches, [(adapters[name].hooked, make_hook(name)) for name in names])
     except (RuntimeError, TypeError, ValueError, IndexError) as exc:
         # The first pass is where inputs that do not fit the model show up: say so in one line.
         raise InvalidInputError(
@@ -210,16 +230,14 @@ def capture(model, names: list[str], batches: list, selections: dict, totals: di
     dict
         ``{name: {"X": (rows, N), "Y": (rows, M)}}`` in float64, ``Y`` before any activation.
     """
-    modules = {name: model.get_submodule(name) for name in names}
-    adapters = {name: adapter_for(module) for name, module in modules.items()}
+    adapters = layer_adapters(model, names)
     pieces = {name: {"X": [], "Y": []} for name in names}
     offsets = dict.fromkeys(names, 0)
 
     def make_hook(name):
         def hook(module, args, kwargs, output):
-            x = args[0] if args else kwargs["input"]
-            X = adapters[name].input_rows(x)
-            Y = adapters[name].output_rows(output) if outputs else None
+            X = adapters[name].call_inputs(args, kwargs)
+            Y = adapters[name].call_outputs(args, kwargs, output) if outputs else None
             start = offsets[name]
             offsets[name] += X.shape[0]
             keep = selections[name]
@@ -234,7 +252,7 @@ def capture(model, names: list[str], batches: list, selections: dict, totals: di
                 pieces[name]["Y"].append(as_numpy(Y))
         return hook
 
-    run_model(model, batches, {modules[name]: make_hook(name) for name in names})
+    run_model(model, batches, [(adapters[name].hooked, make_hook(name)) for name in names])
     changed = [name for name in names if offsets[name] != totals[name]]
     if changed:
         raise InvalidInputError(
@@ -243,6 +261,12 @@ def capture(model, names: list[str], batches: list, selections: dict, totals: di
             "(evaluation mode, no random input transforms).")
     return {name: {key: np.concatenate(parts) for key, parts in pieces[name].items() if parts}
             for name in names}
+
+
+def layer_adapters(model: torch.nn.Module, names: list[str]) -> dict:
+    """``{name: adapter}`` of the named layers of ``model`` (:func:`~convexnet.nn.layers.model_adapters`)."""
+    adapters = model_adapters(model)
+    return {name: adapters[name] for name in names}
 
 
 def is_iterable(value) -> bool:

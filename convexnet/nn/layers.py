@@ -35,6 +35,7 @@ torch.Size([40, 12])
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,8 +45,9 @@ import torch.nn.functional as F
 from ..errors import InvalidInputError
 from ..programs.cascade import Block
 
-__all__ = ["LayerAdapter", "LinearAdapter", "ConvAdapter", "LayerUpdate", "Block", "register",
-           "adapter_for", "supported", "describe_supported", "effective_tensor", "as_numpy"]
+__all__ = ["LayerAdapter", "LinearAdapter", "ConvAdapter", "TransformersConv1DAdapter",
+           "LayerUpdate", "Block", "register", "adapter_for", "model_adapters", "supported",
+           "describe_supported", "effective_tensor", "as_numpy", "transformers_conv1d"]
 
 
 @dataclass
@@ -109,10 +111,15 @@ class LayerAdapter:
         self.module = module
 
     # ------------------------------------------------------------------------------ the module
+    @classmethod
+    def types(cls) -> tuple:
+        """The module types this adapter takes (``module_types``, unless looked up at run time)."""
+        return cls.module_types
+
     @property
     def kind(self) -> str:
         """The supported type the module is an instance of (``"Linear"``, ``"Conv2d"``, ...)."""
-        return next(t.__name__ for t in self.module_types if isinstance(self.module, t))
+        return next(t.__name__ for t in self.types() if isinstance(self.module, t))
 
     def parameter(self, name: str) -> torch.Tensor | None:
         """The tensor that holds ``name``'s values: ``<name>_orig`` when pruned, else ``<name>``."""
@@ -136,18 +143,27 @@ class LayerAdapter:
         return self.parameter(self.weight_name)[0].numel()
 
     # ------------------------------------------------------------------------------ the matrix
-    def matrix(self) -> torch.Tensor:
+    def _tensors(self, effective: bool) -> tuple:
+        """``(weight, bias)``: those the module computes with, or (``effective=False``) the
+        ``torch.nn.utils.prune`` originals (``<name>_orig``, the values before the mask)."""
+        read = effective_tensor if effective else (lambda module, name: self.parameter(name))
+        return read(self.module, self.weight_name).detach(), read(self.module, self.bias_name)
+
+    def matrix(self, effective: bool = True) -> torch.Tensor:
         """``[W; b]`` of the tensors the module computes with, detached.
 
         Shape ``(N + 1, M)`` with a bias, ``(N, M)`` without; then, for a module that is not pruned,
-        a view of the weight (no copy).
+        a view of the weight (no copy). ``effective=False`` reads a pruned module's originals.
         """
-        weight = effective_tensor(self.module, self.weight_name).detach()
-        bias = effective_tensor(self.module, self.bias_name)
+        weight, bias = self._tensors(effective)
         matrix = weight.reshape(weight.shape[0], -1).T
         if bias is None:
             return matrix
         return torch.cat([matrix, bias.detach().reshape(1, -1)], dim=0)
+
+    def design(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A tensor in the weight's layout (a mask) as the matrix ``W``, ``(N, M)``."""
+        return tensor.reshape(tensor.shape[0], -1).T
 
     def write_matrix(self, matrix: torch.Tensor) -> None:
         """Copy ``[W; b]`` into the module's parameters, in place (call under ``torch.no_grad()``)."""
@@ -157,13 +173,14 @@ class LayerAdapter:
         if bias is not None:
             bias.copy_(matrix[rows])
 
-    def blocks(self) -> list[Block]:
+    def blocks(self, effective: bool = True) -> list[Block]:
         """The layer as float64 design matrices, one :class:`Block` per group.
 
         A block's ``inputs`` selects its columns of :meth:`input_rows`, ``outputs`` its columns of
         ``W`` and of :meth:`output_rows`; ``W`` is ``(N, M_g)`` and ``b`` ``(M_g,)`` or None.
+        ``effective`` as in :meth:`matrix`.
         """
-        matrix = as_numpy(self.matrix())
+        matrix = as_numpy(self.matrix(effective))
         rows = self.rows_per_output
         W, b = matrix[:rows], (matrix[rows] if matrix.shape[0] > rows else None)
         if self.groups == 1:
@@ -207,6 +224,28 @@ class LayerAdapter:
     def row_count(self, y: torch.Tensor) -> int:
         """Samples one call produces: output entries per output column."""
         return y.numel() // self.parameter(self.weight_name).shape[0]
+
+    # ------------------------------------------------------------------ one call of the hooked module
+    @property
+    def hooked(self) -> torch.nn.Module:
+        """The module whose forward hook sees the layer's input (the module itself, by default)."""
+        return self.module
+
+    def call_inputs(self, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The layer's input rows from one call of :attr:`hooked`, shape ``(rows, groups * N)``."""
+        return self.input_rows(args[0] if args else kwargs["input"])
+
+    def call_outputs(self, args: tuple, kwargs: dict, output) -> torch.Tensor:
+        """The layer's output rows ``(rows, M)`` from one call of :attr:`hooked`, in input row order."""
+        return self.output_rows(output)
+
+    def call_rows(self, args: tuple, kwargs: dict, output) -> int:
+        """Samples one call of :attr:`hooked` produces."""
+        return self.row_count(output)
+
+    def inner_layers(self) -> dict:
+        """``{child name: adapter}`` for child modules that are layers seen through this module."""
+        return {}
 
 
 class LinearAdapter(LayerAdapter):
@@ -279,7 +318,71 @@ class ConvAdapter(LayerAdapter):
         return y.reshape(y.shape[0], y.shape[1], -1).transpose(1, 2).reshape(-1, y.shape[1])
 
 
-_ADAPTERS: list[type[LayerAdapter]] = [LinearAdapter, ConvAdapter]
+class TransformersConv1DAdapter(LayerAdapter):
+    """``transformers``' ``Conv1D`` (GPT-2's linear layers): ``weight`` is already ``W``, ``(N, M)``.
+
+    ``y = x @ weight + bias`` on the last axis; every input row is a sample. The class is looked up
+    in ``sys.modules`` (module docstring of :func:`transformers_conv1d`): without ``transformers``
+    imported, no module can be one, and ``convexnet.nn`` never imports it.
+    """
+
+    @classmethod
+    def types(cls) -> tuple:
+        return transformers_conv1d()
+
+    @property
+    def rows_per_output(self) -> int:
+        return self.parameter(self.weight_name).shape[0]
+
+    def matrix(self, effective: bool = True) -> torch.Tensor:
+        weight, bias = self._tensors(effective)
+        if bias is None:
+            return weight
+        return torch.cat([weight, bias.detach().reshape(1, -1)], dim=0)
+
+    def design(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def write_matrix(self, matrix: torch.Tensor) -> None:
+        weight, bias = self.parameter(self.weight_name), self.parameter(self.bias_name)
+        weight.copy_(matrix[:weight.shape[0]])
+        if bias is not None:
+            bias.copy_(matrix[weight.shape[0]])
+
+    def update(self, refit: list[Block]) -> LayerUpdate:
+        reference = self.parameter(self.weight_name)
+        W = np.zeros(tuple(reference.shape))
+        for block in refit:
+            W[:, block.outputs] = block.W
+        weight = torch.as_tensor(W, dtype=reference.dtype, device=reference.device)
+        bias = None
+        if refit[0].b is not None:
+            bias = torch.as_tensor(np.concatenate([block.b for block in refit]),
+                                   dtype=reference.dtype, device=reference.device)
+        return LayerUpdate(weight, (weight != 0).to(reference.dtype), bias)
+
+    def input_rows(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, self.rows_per_output)
+
+    def output_rows(self, y: torch.Tensor) -> torch.Tensor:
+        return y.reshape(-1, self.parameter(self.weight_name).shape[1])
+
+    def row_count(self, y: torch.Tensor) -> int:
+        return y.numel() // self.parameter(self.weight_name).shape[1]
+
+
+def transformers_conv1d() -> tuple:
+    """``(transformers.pytorch_utils.Conv1D,)`` when ``transformers`` is imported, else ``()``.
+
+    A model holding such a module was built by ``transformers``, which was imported to build it; so
+    looking in ``sys.modules`` finds the class whenever it matters, at no import cost.
+    """
+    module = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(module, "Conv1D", None)
+    return (conv1d,) if isinstance(conv1d, type) else ()
+
+
+_ADAPTERS: list[type[LayerAdapter]] = [LinearAdapter, ConvAdapter, TransformersConv1DAdapter]
 
 
 def register(adapter: type[LayerAdapter]) -> None:
@@ -289,19 +392,41 @@ def register(adapter: type[LayerAdapter]) -> None:
 
 def supported() -> tuple:
     """The module types some adapter takes."""
-    return tuple(t for adapter in _ADAPTERS for t in adapter.module_types)
+    return tuple(t for adapter in _ADAPTERS for t in adapter.types())
 
 
 def describe_supported() -> str:
-    """The supported module types, for messages: ``"torch.nn.Linear, Conv1d, Conv2d or Conv3d"``."""
-    names = [t.__name__ for t in supported()]
-    return "torch.nn." + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1])
+    """The supported module types, for messages."""
+    return ("torch.nn.Linear, Conv1d, Conv2d, Conv3d, MultiheadAttention (self-attention) or "
+            "transformers' Conv1D")
+
+
+def model_adapters(model: torch.nn.Module) -> dict:
+    """``{name: adapter}`` for every layer of ``model``, in registration order.
+
+    A child that an adapter claims as one of its :meth:`~LayerAdapter.inner_layers` (the
+    ``out_proj`` of a ``MultiheadAttention``) gets that adapter instead of its own type's.
+    """
+    found, inner = {}, {}
+    for name, module in model.named_modules():
+        if name in inner:
+            found[name] = inner.pop(name)
+        elif isinstance(module, supported()):
+            found[name] = adapter_for(module)
+            prefix = f"{name}." if name else ""
+            inner.update({prefix + child: adapter
+                          for child, adapter in found[name].inner_layers().items()})
+    return found
 
 
 def adapter_for(module) -> LayerAdapter:
     """The adapter of ``module``; :class:`InvalidInputError` for a module no adapter takes."""
     for adapter in _ADAPTERS:
-        if isinstance(module, adapter.module_types):
+        if isinstance(module, adapter.types()):
             return adapter(module)
     raise InvalidInputError(f"{type(module).__name__} is not a supported layer; supported: "
                             f"{describe_supported()}.")
+
+
+# The MultiheadAttention adapters register themselves; imported last, as they subclass LayerAdapter.
+from . import attention  # noqa: E402,F401

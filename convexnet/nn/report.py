@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .. import backends
-from ..nettrim import NetTrimResult
 
 __all__ = ["LayerReport", "TrimReport"]
 
@@ -27,7 +26,7 @@ class LayerReport:
     samples : int
         Rows of the layer's programs (calibration samples, times patch positions for a
         convolution), after the ``max_samples`` cap.
-    results : list of NetTrimResult
+    results : list of NetTrimResult or ProgramResult
         One per group (one for a Linear layer or a convolution with ``groups=1``).
     epsilon : float
         The layer's budget, ``sqrt(sum over groups of epsilon_g^2)``; NaN for the regularized form.
@@ -50,6 +49,12 @@ class LayerReport:
     accepted_inaccurate : bool
         True when the layer's solve did not finish (status ``"max_iterations"``) and it was written
         only because ``trim`` was called with ``allow_inaccurate=True``: its budget may not hold.
+    block : int or None
+        The repeated block holding the layer, when the model was calibrated block by block.
+
+    For a target (``sparsity=``, ``pattern=``) or :func:`~convexnet.nn.refit`, ``results`` hold one
+    :class:`~convexnet.ProgramResult` per group (the certified refit), ``epsilon`` and ``bound``
+    are NaN and ``discrepancy`` is the refit's residual ``||X (W - W0)||_F`` on the layer's input.
     """
 
     name: str
@@ -66,10 +71,11 @@ class LayerReport:
     bound: float = float("nan")
     revived: int = 0
     accepted_inaccurate: bool = False
+    block: int | None = None
 
     @property
-    def result(self) -> NetTrimResult:
-        """The layer's single :class:`NetTrimResult` (the first group's for a grouped convolution)."""
+    def result(self):
+        """The layer's first result (the only one unless the layer is a grouped convolution)."""
         return self.results[0]
 
     @property
@@ -144,7 +150,9 @@ class TrimReport:
             rows.append("* not finished, written because allow_inaccurate=True: its budget may not "
                         "hold, no bound is given")
         for name, why in self.info.get("skipped", {}).items():
-            rows.append(f"skipped {name!r}: shares a parameter with another module ({why})")
+            reason = why if why.startswith("outside") else \
+                f"shares a parameter with another module ({why})"
+            rows.append(f"skipped {name!r}: {reason}")
         return "\n".join(rows)
 
     def __str__(self) -> str:

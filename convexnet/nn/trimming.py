@@ -17,12 +17,13 @@ import torch
 from .. import backends
 from ..programs import cascade
 from ..programs.cascade import Budget, LayerStep, Solving, check_trim_options
-from . import capture, checks
-from .layers import adapter_for
+from ..errors import InvalidInputError
+from . import capture, checks, pruning
+from .targets import check_target
 from .report import LayerReport, TrimReport
 from .write import write_all, write_update
 
-__all__ = ["trim", "ModelNetwork"]
+__all__ = ["trim", "refit", "ModelNetwork"]
 
 
 class ModelNetwork:
@@ -56,7 +57,8 @@ class ModelNetwork:
                                          self.totals, inputs=True, outputs=True)
         self.relus = relus
         self.targets = {name: self._activate(name, self.originals[name]["Y"]) for name in self.names}
-        self.adapters = [adapter_for(working.get_submodule(name)) for name in self.names]
+        adapters = capture.layer_adapters(working, self.names)
+        self.adapters = [adapters[name] for name in self.names]
         self.steps = [LayerStep(f"layer {name!r}", relus[name], adapter.blocks(),
                                 single_call=calls[name] == 1,
                                 chained=index > 0 and self._chained(index, calls))
@@ -106,11 +108,45 @@ class ModelNetwork:
 
 # -------------------------------------------------------------------------------------- trim
 def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsilon=None, lam=None,
+         sparsity=None, pattern=None, per: str = "row", support="l1", refit: bool = True,
+         damping: float = 0.0, blockwise=None,
          mode: str = "cascade", gamma: float = 1.0, backend: str = "auto", device=None, relu=None,
          max_samples: int | None = 10_000, seed: int = 0, batch_size: int | None = None,
          split_budget: bool = False, penalize_bias: bool = True, solver_options=None,
          executor=None, certify=True, progress=None, allow_inaccurate: bool = False) -> TrimReport:
-    """Prune a torch model's Linear and convolution layers with Net-Trim (paper 004), in place.
+    """Prune a torch model's layers in place: to a sparsity target, or with Net-Trim (paper 004).
+
+    **Targets** (``sparsity=`` or ``pattern=``; :mod:`convexnet.nn.pruning`): layer after layer in
+    the forward pass's order (block by block for a model of repeated blocks), the support is chosen
+    by the weighted, reweighted l1 path (:func:`convexnet.nn.targets.l1_support`) on the Gram
+    matrix ``H = X^T X`` of the layer's input in the model pruned so far, then the kept weights
+    (and the bias) are refit exactly, ``min ||X (W - W0)||^2`` on the support, and certified
+    (:mod:`convexnet.nn.least_squares`). Only ``layers``, ``batch_size``, ``progress`` and the
+    arguments below apply then; report rows hold the refits as
+    :class:`~convexnet.ProgramResult` (their ``cert`` the duality-gap certificate).
+
+    sparsity : float in [0, 1), optional
+        Fraction of zeros: exactly ``round(sparsity * N)`` in each output's ``N`` incoming weights
+        (``per="row"``), or ``round(sparsity * N * M)`` in each layer (``per="layer"``).
+    pattern : str, optional
+        ``"n:m"``, e.g. ``"2:4"``: at most ``n`` non-zeros in each group of ``m`` consecutive
+        inputs of every output (PyTorch's semi-structured layout); ``m`` must divide ``N``.
+    per : {"row", "layer"}, default "row"
+    support : "l1" or callable, default "l1"
+        A callable ``support(layer)`` gets a :class:`convexnet.nn.pruning.LayerData` (``H``,
+        ``W`` (N, M), ``rows``, ``target``) and returns a bool mask ``(N, M)`` meeting the target,
+        or weights whose zeros are the mask: any pruning method, with convexnet's calibration.
+    refit : bool, default True
+        Refit the kept weights exactly; False keeps the original weights (or the callable's) on
+        the mask (still certified: the certificate then says whether they are the optimal refit).
+    damping : float, default 0.0
+        Adds ``damping * mean(diag H) * ||W - W0||^2`` to the refit (0: the exact least squares).
+    blockwise : None, True or False
+        Calibrate one repeated block at a time (None: when the model has repeated blocks: GPT-2's
+        ``transformer.h``, LLaMA's ``model.layers``, ``TransformerEncoder.layers``; the layers
+        outside them are then left as they are, listed in ``report.info["skipped"]``).
+
+    **Net-Trim** (``epsilon=``, ``rel_epsilon=`` or ``lam=``): the arguments below.
 
     Parameters
     ----------
@@ -203,6 +239,16 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
     >>> report = convexnet.nn.trim(model, torch.randn(64, 4), rel_epsilon=0.05)  # doctest: +SKIP
     >>> print(report)                                               # doctest: +SKIP
     """
+    if sparsity is not None or pattern is not None:
+        given = [name for name, value in (("epsilon", epsilon), ("rel_epsilon", rel_epsilon),
+                                          ("lam", lam)) if value is not None]
+        if given:
+            raise InvalidInputError(f"give a target (sparsity= or pattern=) or a Net-Trim budget "
+                                    f"({given[0]}=), not both.")
+        target = check_target(sparsity=sparsity, pattern=pattern, per=per)
+        return pruning.prune(model, inputs, target=target, support=support, layers=layers,
+                             refit=refit, damping=damping, blockwise=blockwise,
+                             batch_size=batch_size, progress=progress)
     start = time.perf_counter()
     checks.check_model(model)
     gamma = check_trim_options(epsilon=epsilon, rel_epsilon=rel_epsilon, lam=lam, mode=mode,
@@ -246,3 +292,43 @@ def _fresh(update):
     """Fresh tensors for the user's model, so that nothing is shared with the working copy."""
     return type(update)(update.weight.clone(), update.mask.clone(),
                         None if update.bias is None else update.bias.clone())
+
+
+def refit(model: torch.nn.Module, calibration, masks: dict | None = None, *, layers=None,
+          damping: float = 0.0, blockwise=None, batch_size: int | None = None,
+          progress=None) -> TrimReport:
+    """Refit the weights kept by given masks exactly, and certify them, in place.
+
+    Layer after layer (block by block for a model of repeated blocks), on the model refit so far:
+    ``min ||X (W - W0)||^2`` over the weights a mask keeps (and the bias), with ``X`` the layer's
+    calibration input and ``W0`` its current weights, solved from ``H = X^T X`` and certified by
+    its duality gap (:mod:`convexnet.nn.least_squares`).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    calibration : Tensor or iterable of Tensor
+        As ``trim``'s ``inputs``; token ids ``(B, T)`` for a language model.
+    masks : dict, optional
+        ``{layer name: bool tensor in the weight's layout}`` (True: kept), from any method. A layer
+        without one keeps its ``torch.nn.utils.prune`` mask (``weight_mask``) or, unpruned, its
+        non-zeros.
+    layers, damping, blockwise, batch_size, progress
+        As in :func:`trim`.
+
+    Returns
+    -------
+    TrimReport
+        Written under the ``torch.nn.utils.prune`` contract of :func:`trim`, all or nothing.
+
+    Examples
+    --------
+    >>> import torch, convexnet.nn as cnn
+    >>> model = torch.nn.Sequential(torch.nn.Linear(8, 4))
+    >>> report = cnn.refit(model, torch.randn(32, 8), {"0": torch.rand(4, 8) > 0.5})
+    >>> report["0"].certificate
+    'ok'
+    """
+    return pruning.prune(model, calibration, target=None, masks={} if masks is None else masks,
+                         layers=layers, damping=damping, blockwise=blockwise,
+                         batch_size=batch_size, progress=progress)
