@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from . import _arrays, _l1_threshold
+from . import _arrays, _l1_search, _l1_threshold
 from ._arrays import namespace
 
 __all__ = [
@@ -111,13 +111,12 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     rows = _three_axes(x, axis)
     # C order: the threshold search and the scatter address entries by their C-ordered position.
     magnitudes = _arrays.contiguous(xp.abs(rows))
-    found = _l1_threshold.thresholds(magnitudes, radius)
+    found = _l1_search.thresholds(rows, magnitudes, radius)
     if found is None:
         return _arrays.copy(x)
-    tau, candidates = found
-    far = _l1_threshold.far_rows(magnitudes, tau, candidates)
+    tau, candidates, far = found
     # Scattering few survivors into fresh zeros beats three dense passes, up to about 1/64 of the entries.
-    if candidates is not None and 64 * _arrays.size(candidates[0]) <= _arrays.size(x):
+    if candidates is not None:
         out = _l1_threshold.soft_threshold_sparse(rows, tau, *candidates)
     else:
         out = _l1_threshold.soft_threshold_dense(rows, tau, out=magnitudes)
