@@ -297,7 +297,8 @@ class NetTrimProblem:
 
     # ---------------------------------------------------------------------------------- solving
     def solve(self, backend: str = "auto", *, solver_options: dict | None = None, executor=None,
-              certify: bool | dict = True, verbose: bool = False) -> "NetTrimResult":
+              certify: bool | dict = True, verbose: bool = False,
+              sparsest: bool = True) -> "NetTrimResult":
         """Solve the program and return a cleaned, re-checked result.
 
         Parameters
@@ -320,6 +321,9 @@ class NetTrimProblem:
             ``"optimal"``: its status becomes ``"optimal_inaccurate"``.
         verbose : bool
             Print the solver's log.
+        sparsest : bool, default True
+            Move the optimum to a vertex of the optimal face at equal objective (the sparsest-vertex
+            move of :mod:`convexnet.programs.vertex`): the same sparsity from every backend.
 
         Returns
         -------
@@ -332,7 +336,8 @@ class NetTrimProblem:
                                         "may set are 'gap_tol' and 'feas_tol'.")
             certify = {key: check_scalar(f"certify[{key!r}]", value, low=0.0)
                        for key, value in certify.items()}
-        solution, start = self.program._run(backend, solver_options, executor, certify, verbose)
+        solution, start = self.program._run(backend, solver_options, executor, certify, verbose,
+                                            sparsest)
         result = self._finish(solution)
         attach_certificate(result, solution, certify)
         result.wall_time = time.perf_counter() - start

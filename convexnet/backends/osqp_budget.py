@@ -165,11 +165,17 @@ def solve(program, options: dict, verbose: bool = False) -> Solution:
             high = np.where(grow, high * 10.0, high)
         else:
             raise _Failed("infeasible")
-        best, lam = solution, high
+        # Each column's answer is its bracket's high end (within budget), kept from the solve that
+        # gave it: the columns' multipliers are independent (one shared value for a whole budget).
+        W, dual = solution.W.copy(), _dual_copy(solution.dual)
+        first_dual = _dual_copy(best.dual)
+        W[:, ~active] = best.W[:, ~active]
+        if dual is not None and first_dual is not None:
+            dual[:, ~active] = first_dual[:, ~active]
         side = np.zeros(M)
+        tolerance = RELATIVE_TOL * np.maximum(epsilon, 1e-300)
         while steps < MAX_STEPS:
-            within = (excess <= 0) & (excess >= -RELATIVE_TOL * np.maximum(epsilon, 1e-300))
-            if not (active & ~within).any():
+            if not (active & (high_excess < -tolerance)).any():
                 break
             lam = _next_multiplier(low, high, low_excess, high_excess, active)
             solution, excess = evaluate(lam)
@@ -182,17 +188,24 @@ def solve(program, options: dict, verbose: bool = False) -> Solution:
             low = np.where(active & above, lam, low)
             high = np.where(active & ~above, lam, high)
             side = np.where(above, 1, -1)
-            if (excess[active] <= 0).all():
-                best = solution
-        # Report a point within budget: the high end of every bracket.
-        if not np.array_equal(lam, high):
-            best, excess = evaluate(high)
-        status = "optimal" if (excess <= RELATIVE_TOL * epsilon).all() else "optimal_inaccurate"
+            improved = active & ~above
+            W[:, improved] = solution.W[:, improved]
+            if dual is not None and solution.dual is not None:
+                dual[:, improved] = np.asarray(solution.dual)[:, improved]
+            if np.array_equal(low[active], high[active]):  # the bracket closed in floating point
+                break
+        within = ~active | (high_excess >= -tolerance)
+        best.W, best.dual = W, dual
+        status = "optimal" if within.all() else "optimal_inaccurate"
         return _finish(best, status if best.status == "optimal" else best.status, steps, solve_time,
                        compile_time, high)
     except _Failed as failure:
         return Solution(None, None, failure.status, solve_time, compile_time, steps,
                         {"multiplier_steps": steps})
+
+
+def _dual_copy(dual):
+    return None if dual is None else np.array(dual, dtype=float, copy=True)
 
 
 class _Failed(Exception):

@@ -268,7 +268,8 @@ class SparsityProgram:
 
     # -------------------------------------------------------------------------------- solving
     def solve(self, backend: str = "auto", *, solver_options: dict | None = None, executor=None,
-              certify: bool | dict = True, verbose: bool = False) -> "ProgramResult":
+              certify: bool | dict = True, verbose: bool = False,
+              sparsest: bool = True) -> "ProgramResult":
         """Solve the program with ``backend`` and return a checked result.
 
         Parameters
@@ -288,12 +289,16 @@ class SparsityProgram:
             reported ``"optimal"``.
         verbose : bool
             Print the solver's log.
+        sparsest : bool, default True
+            Move an optimal point of an l1 program to a vertex of its optimal face, at equal
+            objective (:mod:`convexnet.programs.vertex`), so that the sparsity does not depend on the
+            backend; ``info["vertex_columns"]`` counts the columns that moved.
 
         Returns
         -------
         ProgramResult
         """
-        solution, start = self._run(backend, solver_options, executor, certify, verbose)
+        solution, start = self._run(backend, solver_options, executor, certify, verbose, sparsest)
         result = ProgramResult(program=self, backend=solution.backend, status=solution.status,
                                solve_time=solution.solve_time, compile_time=solution.compile_time,
                                iterations=solution.iterations, dual=solution.dual,
@@ -310,16 +315,19 @@ class SparsityProgram:
         result.wall_time = time.perf_counter() - start
         return result
 
-    def _run(self, backend, solver_options, executor, certify, verbose):
-        """Check every argument, then run the backend: ``(Solution, start time)``."""
+    def _run(self, backend, solver_options, executor, certify, verbose, sparsest=True):
+        """Check every argument, run the backend, then (``sparsest``) the vertex move:
+        ``(Solution, start time)``."""
         from .. import backends
         from .._validation import check_executor
         from ..backends import options
+        from . import vertex
 
         if not isinstance(certify, (bool, dict)):
             raise InvalidInputError(f"certify must be True, False or a dict of tolerances; got {certify!r}.")
         check_executor("executor", executor)
         verbose = check_bool("verbose", verbose)
+        sparsest = check_bool("sparsest", sparsest)
         engine = backends.select(self, backend)
         concrete = backends.auto.choose(self) if engine.name == "auto" else engine.name
         options.check(solver_options, concrete)
@@ -328,6 +336,12 @@ class SparsityProgram:
         start = time.perf_counter()
         solution = engine.solve(self, run_options, verbose, executor)
         solution.backend = solution.backend or engine.name
+        if (sparsest and solution.W is not None and vertex.applies(self)
+                and solution.status in ("optimal", "optimal_inaccurate")):
+            moved_at = time.perf_counter()
+            solution.W, moved = vertex.to_vertex(self, solution.W)
+            solution.info = {**solution.info, "vertex_columns": int(moved.sum()),
+                             "vertex_time": time.perf_counter() - moved_at}
         return solution, start
 
 
