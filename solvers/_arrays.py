@@ -9,11 +9,14 @@ device) lives here, so that a kernel reads the same for both kinds and a tensor 
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import numpy as np
 
 __all__ = [
+    "HOST_NUMPY",
+    "numpy_on_cpu",
     "is_tensor",
     "namespace",
     "as_floating",
@@ -22,6 +25,7 @@ __all__ = [
     "to_float64",
     "cast_like",
     "sort_descending",
+    "sort_descending_inplace",
     "flat_nonzero",
     "segment_sum",
     "round_down",
@@ -38,6 +42,7 @@ __all__ = [
     "zeros",
     "largest_finite",
     "masked_row_sums",
+    "count_sorted_below",
 ]
 
 
@@ -45,6 +50,30 @@ def is_tensor(x) -> bool:
     """True when ``x`` is a ``torch.Tensor``; torch is not imported when the caller never loaded it."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+# Kernels decorated with :func:`numpy_on_cpu` run their numpy form on CPU tensors, through views
+# that share the tensor's memory. On the 2-core dev box torch's CPU comparisons, ``nonzero`` and
+# fresh allocations (its allocator returns large blocks to the system, so every new tensor pays its
+# page faults) measured 2 to 5 times numpy's. Tests set this to False to run the torch form (the
+# GPU's) on the CPU.
+HOST_NUMPY = True
+
+
+def numpy_on_cpu(kernel):
+    """Run ``kernel(x, **parameters)`` on a numpy view of a float32/float64 CPU tensor ``x`` and return
+    the result as a tensor sharing the numpy result's memory (no copy either way). Other inputs
+    (numpy arrays, GPU tensors, other dtypes, or any tensor when ``HOST_NUMPY`` is False) go to the
+    kernel unchanged."""
+    @functools.wraps(kernel)
+    def run(x, **parameters):
+        if HOST_NUMPY and is_tensor(x) and x.device.type == "cpu":
+            torch = sys.modules["torch"]
+            x = as_floating(x)
+            if x.dtype in (torch.float32, torch.float64):
+                return torch.from_numpy(np.ascontiguousarray(kernel(x.resolve_conj().numpy(), **parameters)))
+        return kernel(x, **parameters)
+    return run
 
 
 def namespace(x):
@@ -101,10 +130,24 @@ def cast_like(x, like):
 
 
 def sort_descending(x, axis: int = -1):
-    """The values of ``x`` sorted from largest to smallest along ``axis``."""
+    """The values of ``x`` sorted from largest to smallest along ``axis``, as a new C-ordered array."""
     if is_tensor(x):
         return sys.modules["torch"].sort(x, dim=axis, descending=True).values
-    return np.flip(np.sort(x, axis=axis), axis=axis)
+    # Sorting the negated values gives a C-ordered result; a flipped view of an ascending sort makes
+    # every later pass (cumsum, differences) several times slower.
+    ordered = np.negative(x)
+    ordered.sort(axis=axis)
+    return np.negative(ordered, out=ordered)
+
+
+def sort_descending_inplace(x, axis: int = -1):
+    """``x`` sorted from largest to smallest along ``axis``, in place for numpy (``x`` is returned);
+    a tensor gets a new sorted tensor."""
+    if is_tensor(x):
+        return sys.modules["torch"].sort(x, dim=axis, descending=True).values
+    np.negative(x, out=x)
+    x.sort(axis=axis)
+    return np.negative(x, out=x)
 
 
 def flat_nonzero(mask):
@@ -248,3 +291,23 @@ def masked_row_sums(x, mask):
         weights = mask.reshape(-1).view(np.uint8)
         return np.reshape(np.einsum("i,i->", x.reshape(-1), weights, dtype=np.float64), (1, 1, 1))
     return np.sum(x * mask, axis=1, keepdims=True, dtype=np.float64)
+
+
+def count_sorted_below(sorted_rows, values):
+    """Per row, how many entries of ``sorted_rows`` (``(N, M)``, each row non-decreasing) are
+    ``< values`` (``(N, 1)``): a batched binary search, ``O(N log M)``, shaped ``(N, 1)`` int64."""
+    if is_tensor(sorted_rows):
+        torch = sys.modules["torch"]
+        return torch.searchsorted(sorted_rows.contiguous(), values.contiguous(), right=False)
+    rows, columns = sorted_rows.shape
+    flat = sorted_rows.reshape(-1)
+    starts = np.arange(rows, dtype=np.int64)[:, None] * columns
+    # Branch-free lower bound: add each power of two while the entry it reaches is still below.
+    count = np.zeros((rows, 1), dtype=np.int64)
+    step = 1 << (int(columns).bit_length() - 1)
+    while step:
+        reach = count + step
+        below = flat[starts + np.minimum(reach, columns) - 1] < values
+        count += np.where(below & (reach <= columns), step, 0)
+        step >>= 1
+    return count

@@ -62,6 +62,7 @@ def _three_axes(x, axis):
     return x.reshape(before, x.shape[axis], -1)
 
 
+@_arrays.numpy_on_cpu
 def project_l1_ball(x, *, radius: float, axis: int | None = None):
     r"""Euclidean projection onto the l1 ball, of the whole array or of each slice along ``axis``.
 
@@ -78,7 +79,8 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     The threshold is found without sorting the vector: a strided sample gives a starting guess
     (Condat 2016's idea of starting close to the answer), a pass keeps the entries above it, and
     Michelot's fixed-point search (Michelot 1986) finishes exactly on those, in float64. All slices
-    are processed together (no Python loop over them), on the input's device.
+    are processed together (no Python loop over them), on the input's device; a CPU tensor is
+    processed by the numpy form, on a view of its memory (see :func:`solvers._arrays.numpy_on_cpu`).
 
     Parameters
     ----------

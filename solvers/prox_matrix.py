@@ -94,6 +94,7 @@ def project_low_rank(x, *, rank: int):
     return (left[..., :rank] * singular[..., None, :rank]) @ right[..., :rank, :]
 
 
+@_arrays.numpy_on_cpu
 def project_sum_of_max_ball(x, *, radius: float):
     r"""Projection onto the l1,inf ball of Quattoni et al. (2009): ``sum_i max_j |W[i, j]| <= r``.
 
@@ -105,9 +106,10 @@ def project_sum_of_max_ball(x, *, radius: float):
     ``mu_i > 0`` loses exactly ``sum_j max(|W[i, j]| - mu_i, 0) = theta``, and rows with
     ``||W[i, :]||_1 <= theta`` are zeroed. Each cap is a decreasing, piecewise-linear function of
     ``theta`` whose breakpoints come from the row sorted by magnitude; so is their sum ``g(theta)``.
-    The kernel sorts all breakpoints, accumulates the slopes and intercepts of ``g`` along them,
-    finds the piece where ``g`` crosses ``r`` and solves on it: exact after a finite number of
-    steps, ``O(N M log(N M))``.
+    The kernel sorts every row (``O(N M log M)``, the cost of Quattoni et al.'s method), then runs
+    Newton's method on ``g`` from ``theta = 0`` (Chu et al.'s root-finding), each step a binary search
+    per row; the steps end, exactly, when no row changes piece. The rows are batched: no Python
+    loop over them. A CPU tensor is processed by the numpy form on a view of its memory.
 
     Parameters
     ----------
@@ -134,57 +136,79 @@ def project_sum_of_max_ball(x, *, radius: float):
     if radius == 0:
         return xp.zeros_like(x)
     caps = _arrays.cast_like(_sum_of_max_caps(magnitudes, radius), x)
-    return _arrays.clip_into(x, -caps, caps, out=xp.empty_like(x))
+    # The kernel is done with the magnitudes' buffer (numpy's now holds breakpoints): reuse it.
+    out = magnitudes if magnitudes.dtype == x.dtype else xp.empty_like(x)
+    return _arrays.clip_into(x, -caps, caps, out=out)
+
+
+def _sum_of_max_level(partial_sums, starts, radius):
+    """The common level ``theta`` of :func:`project_sum_of_max_ball`, by Newton's method on ``g``.
+
+    ``g(theta) = sum_i mu_i(theta)`` is convex, decreasing and piecewise linear; row ``i`` is on
+    the piece that keeps ``k_i`` entries, ``mu_i = (S_i(k_i) - theta) / k_i``, where ``k_i`` is the
+    number of its piece starts below ``theta`` (a binary search in the row; see
+    :func:`_sum_of_max_caps`). From ``theta = 0``, left of the root, each Newton step solves the
+    current pieces' linear equation and lands left of the root again (convexity), at the root once
+    no row changes piece: the pieces only move forward, so the steps are finitely many, each
+    ``O(N log M)`` after the ``O(N M log M)`` sort (Chu et al.'s root-finding; a handful of steps
+    in practice).
+    """
+    xp = namespace(partial_sums)
+    rows, columns = partial_sums.shape
+    norms = partial_sums[:, -1:]
+    theta = _arrays.new_array(np.zeros((rows, 1)), partial_sums)
+    pieces = None
+    for _ in range(rows * columns + 1):
+        counts = _arrays.count_sorted_below(starts, theta)
+        active = theta <= norms
+        # A row past its norm is on its last piece, zero: coded as M + 1 entries kept.
+        current = xp.where(active, counts, columns + 1)
+        if pieces is not None and bool((current == pieces).all()):
+            break
+        pieces = current
+        index = xp.clip(counts - 1, 0, columns - 1)
+        sizes = _arrays.to_float64(index + 1)
+        row_sums = _arrays.take_along_axis(partial_sums, index, axis=1)
+        value = xp.sum(xp.where(active, (row_sums - theta) / sizes, 0.0))
+        slope = xp.sum(xp.where(active, 1.0 / sizes, 0.0))
+        step = (value - radius) / slope if float(slope) > 0 else 0.0
+        # Rounding near the root can give a step <= 0: theta is then as good as floats make it.
+        if not float(step) > 0:
+            break
+        theta = theta + step
+    return float(theta[0, 0])
 
 
 def _sum_of_max_caps(magnitudes, radius):
     """The row caps ``mu`` (shape ``(N, 1)``, float64) of :func:`project_sum_of_max_ball`.
 
-    On the piece where row ``i`` keeps its ``k`` largest entries above the cap,
-    ``mu_i(theta) = (S_i(k) - theta) / k`` with ``S_i(k)`` the sum of those entries; the piece ends at
-    ``theta_i(k) = S_i(k) - k v_i(k + 1)`` (``v_i`` sorted descending, ``v_i(M + 1) = 0``), and after
-    ``theta_i(M) = ||row||_1`` the row is zero. Writing ``g(theta) = A - B theta``, crossing
-    ``theta_i(k)`` changes ``A`` by ``S_i(k+1)/(k+1) - S_i(k)/k`` and ``B`` by ``1/(k+1) - 1/k``
-    (with ``S/(M+1)`` and ``1/(M+1)`` read as 0: the row leaves).
+    With each row sorted descending, ``v_i(1) >= ... >= v_i(M)``, and ``S_i(k)`` the sum of its
+    ``k`` largest entries, the cap on the piece that keeps ``k`` entries above it is
+    ``mu_i(theta) = (S_i(k) - theta) / k``. That piece starts at ``B_i(k) = S_i(k) - k v_i(k)``
+    (where ``mu_i`` reaches ``v_i(k)``; ``B_i(1) = 0``, non-decreasing in ``k``), and after
+    ``||row||_1 = S_i(M)`` the row is zero. :func:`_sum_of_max_level` finds the level; the caps are
+    then recomputed from each row's own piece. numpy's ``magnitudes`` is overwritten.
     """
     xp = namespace(magnitudes)
     rows, columns = magnitudes.shape
-    ordered = _arrays.sort_descending(magnitudes, axis=1)
+    # Every N x M pass writes into one of two buffers: fresh arrays cost their page faults.
+    ordered = _arrays.sort_descending_inplace(magnitudes, axis=1)
     partial_sums = xp.cumsum(ordered, axis=1)
     sizes = _arrays.new_array(np.arange(1, columns + 1, dtype=np.float64), ordered)
-    breakpoints = xp.empty_like(partial_sums)
-    breakpoints[:, :-1] = partial_sums[:, :-1] - sizes[:-1] * ordered[:, 1:]
-    breakpoints[:, -1] = partial_sums[:, -1]
-    intercepts = partial_sums / sizes
-    slopes = 1.0 / sizes + xp.zeros_like(partial_sums)
-    intercept_steps, slope_steps = xp.zeros_like(intercepts), xp.zeros_like(slopes)
-    intercept_steps[:, :-1] = intercepts[:, 1:]
-    slope_steps[:, :-1] = slopes[:, 1:]
-    intercept_steps -= intercepts
-    slope_steps -= slopes
-
-    order = _arrays.argsort(breakpoints.reshape(-1))
-    at = breakpoints.reshape(-1)[order]
-    intercept_steps = intercept_steps.reshape(-1)[order]
-    slope_steps = slope_steps.reshape(-1)[order]
-    # Coefficients of g on the piece that ends at each sorted breakpoint (exclusive running sums).
-    intercept = xp.sum(ordered[:, 0]) + xp.cumsum(intercept_steps, axis=0) - intercept_steps
-    slope = rows + xp.cumsum(slope_steps, axis=0) - slope_steps
-    # g decreases along the breakpoints and is 0 at the last one, so it crosses r on the piece
-    # ending at the first breakpoint where it is <= r.
-    # (Rounding can leave g a hair above a tiny r even at the last breakpoint.)
-    piece = min(int(xp.sum(intercept - slope * at > radius)), rows * columns - 1)
-    level = (float(intercept[piece]) - radius) / float(slope[piece])
+    starts = xp.multiply(ordered, sizes, out=ordered)
+    starts = xp.subtract(partial_sums, starts, out=starts)
+    level = _sum_of_max_level(partial_sums, starts, radius)
 
     # Redo the last step from each row's own piece, so that the running sums' rounding drops out.
-    kept = xp.sum(breakpoints < level, axis=1, keepdims=True)
+    counts = _arrays.count_sorted_below(starts, _arrays.new_array(np.full((rows, 1), level), starts))
     # The rows of largest l1 norm are active for every r > 0, even when rounding puts the level at
     # or above their norm (r far below the data's spacing); their piece is then the last one that
-    # counts their nonzero entries.
-    norms = partial_sums[:, -1:]
-    active = (kept < columns) | (norms == xp.amax(norms))
-    nonzero = xp.sum(magnitudes > 0, axis=1, keepdims=True)
-    index = xp.clip(xp.minimum(kept, nonzero - 1), 0, columns - 1)
+    # counts their nonzero entries: the pieces that start below the norm are those of the nonzero
+    # entries (a zero entry's piece starts at the norm).
+    norms = _arrays.contiguous(partial_sums[:, -1:])
+    active = (level <= norms) | (norms == xp.amax(norms))
+    last_piece = _arrays.count_sorted_below(starts, norms)
+    index = xp.clip(xp.minimum(counts, last_piece) - 1, 0, columns - 1)
     row_sums = _arrays.take_along_axis(partial_sums, index, axis=1)
     row_sizes = _arrays.to_float64(index + 1)
     # Relative to the largest active row sum P: with d_i = S_i - P, the level is P + level' and the
