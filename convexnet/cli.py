@@ -3,8 +3,10 @@
 Subcommands:
 
 * ``convexnet demo``: paper 004's Figure 1 on nested spirals (:mod:`convexnet.demo`).
-* ``convexnet prune``: Net-Trim on a saved torch model (:func:`convexnet.nn.trim`; file formats in
-  :mod:`convexnet.nn.io`); ``--save-results DIR`` keeps every layer program and solution.
+* ``convexnet prune``: Net-Trim, or a sparsity target (``--sparsity``, ``--pattern``), on a saved
+  torch model (:func:`convexnet.nn.trim`; file formats in :mod:`convexnet.nn.io`, a text file as
+  byte-level calibration for a language model); ``--save-results DIR`` keeps every Net-Trim layer
+  program and solution; targets print one progress line per block.
 * ``convexnet certify``: duality-gap certificates of saved results (``NetTrimResult.save`` files, or
   the directory ``prune --save-results`` wrote), checked independently of the solver.
 
@@ -91,14 +93,27 @@ def _prune(args) -> int:
             and not Path(args.save_results).is_dir():
         raise InvalidInputError(f"--save-results {args.save_results!r} is a file; give a folder "
                                 "(created if missing).")
+    targeted = args.sparsity is not None or args.pattern is not None
+    if targeted and args.save_results is not None:
+        raise InvalidInputError("--save-results keeps Net-Trim layer programs; with --sparsity or "
+                                "--pattern every layer's refit is certified in the table instead.")
     loaded = torch_io.load_model(args.model, args.arch, trust_pickle=args.trust_pickle)
-    inputs = torch_io.load_calibration(args.calibration)
+    if Path(args.calibration).suffix in torch_io.TEXT_SUFFIXES:
+        inputs = torch_io.load_text_calibration(args.calibration, context=args.context,
+                                                sequences=args.sequences)
+    else:
+        inputs = torch_io.load_calibration(args.calibration)
     if args.device is not None:
         try:
             loaded.model.to(torch.device(args.device))
         except (RuntimeError, AssertionError) as exc:
             raise InvalidInputError(f"--device {args.device!r} cannot be used ({exc}).") from None
     relu = None if args.relu is None else set(_names(args.relu))
+    if targeted:
+        report = trim(loaded.model, inputs, layers=_names(args.layers), sparsity=args.sparsity,
+                      pattern=args.pattern, per=args.per, batch_size=args.batch_size,
+                      progress=_block_printer())
+        return _finish(report, loaded, args)
     report = trim(loaded.model, inputs, layers=_names(args.layers), epsilon=args.epsilon,
                   rel_epsilon=args.rel_epsilon, lam=args.lam, mode=args.mode, gamma=args.gamma,
                   backend=args.backend, device=args.device, relu=relu,
@@ -106,12 +121,47 @@ def _prune(args) -> int:
                   batch_size=args.batch_size, split_budget=args.split_budget,
                   allow_inaccurate=args.allow_inaccurate,
                   solver_options=_solver_options(args.solver_options), progress=_progress_printer())
-    torch_io.save_model(loaded, args.out, keep_masks=args.keep_masks)
     if args.save_results is not None:
+        torch_io.save_model(loaded, args.out, keep_masks=args.keep_masks)
         _save_results(report, args.save_results)
+        print(report.table())
+        print(f"\npruned model saved to {args.out}" + (" (with masks)" if args.keep_masks else ""))
+        return 0
+    return _finish(report, loaded, args)
+
+
+def _finish(report, loaded, args) -> int:
+    from .nn import io as torch_io
+
+    torch_io.save_model(loaded, args.out, keep_masks=args.keep_masks)
     print(report.table())
     print(f"\npruned model saved to {args.out}" + (" (with masks)" if args.keep_masks else ""))
     return 0
+
+
+def _block_printer():
+    """One line on stderr per block (per layer for a model without repeated blocks)."""
+    state = {"rows": []}
+
+    def flush(n_layers, done):
+        rows = state["rows"]
+        block = rows[0].block
+        certified = sum(row.certificate == "ok" for row in rows)
+        pruned = 1.0 - sum(row.nonzeros for row in rows) / sum(row.size for row in rows)
+        what = f"block {block}" if block is not None else rows[0].name
+        print(f"[{done}/{n_layers} layers] {what}: {len(rows)} layer{'s' * (len(rows) > 1)}, "
+              f"{100 * pruned:.1f}% pruned, {certified}/{len(rows)} refits certified, "
+              f"{sum(row.time for row in rows):.1f} s", file=sys.stderr, flush=True)
+        state["rows"] = []
+
+    def progress(index, n_layers, layer):
+        if state["rows"] and (layer.block != state["rows"][0].block or layer.block is None):
+            flush(n_layers, index)
+        state["rows"].append(layer)
+        if index + 1 == n_layers:
+            flush(n_layers, index + 1)
+
+    return progress
 
 
 _UNSAFE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]")
@@ -234,10 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     prune = commands.add_parser(
-        "prune", help="Net-Trim a saved torch model (paper 004)",
-        description="Prune the Linear and Conv1d/2d/3d layers of a saved torch model with Net-Trim on "
-                    "calibration inputs, print a per-layer report and save the pruned model in "
-                    "the input's format.",
+        "prune", help="prune a saved torch model: Net-Trim (paper 004) or a sparsity target",
+        description="Prune the layers of a saved torch model on calibration inputs (Net-Trim with "
+                    "a budget, or --sparsity / --pattern with a certified exact refit, block by "
+                    "block for transformers), print a per-layer report and save the pruned model "
+                    "in the input's format.",
         epilog="MODEL: a state dict (.pt or .safetensors) with --arch, or, with --trust-pickle, "
                "a whole module saved with torch.save(model) (unpickling runs code from the file: "
                "trusted files only). Modules are imported from installed packages and PYTHONPATH, "
@@ -246,13 +297,25 @@ def build_parser() -> argparse.ArgumentParser:
                "one, nothing written on failure); pruning made permanent unless --keep-masks.")
     prune.add_argument("model", metavar="MODEL", help="the trained model (see below)")
     prune.add_argument("--calibration", required=True, metavar="DATA",
-                       help="calibration inputs: one tensor (.npy, .safetensors or torch file)")
+                       help="calibration inputs: one tensor (.npy, .safetensors or torch file), "
+                            "or a text file (.txt, .py, .md) for a byte-level language model")
     prune.add_argument("--out", required=True, metavar="OUT", help="where to save the pruned model")
     budget = prune.add_mutually_exclusive_group(required=True)
     budget.add_argument("--rel-epsilon", type=float,
                         help="budget relative to each layer's ||Y_l||_F (first layer in cascade)")
     budget.add_argument("--epsilon", type=float, help="absolute budget")
     budget.add_argument("--lam", type=float, help="regularized form with this weight")
+    budget.add_argument("--sparsity", type=float,
+                        help="target: this fraction of zeros in every output's weights (e.g. 0.5), "
+                             "support by the l1 path, then the certified exact refit")
+    budget.add_argument("--pattern", metavar="N:M",
+                        help="target: at most N non-zeros in each M consecutive inputs (e.g. 2:4)")
+    prune.add_argument("--per", choices=["row", "layer"], default="row",
+                       help="--sparsity counted per output row or per layer (default: %(default)s)")
+    prune.add_argument("--context", type=int, default=128,
+                       help="tokens per sequence when DATA is a text file (default: %(default)s)")
+    prune.add_argument("--sequences", type=int, default=128,
+                       help="sequences taken from a text DATA file (default: %(default)s)")
     prune.add_argument("--mode", choices=["cascade", "parallel"], default="cascade",
                        help="default: %(default)s")
     prune.add_argument("--gamma", type=float, default=1.0,

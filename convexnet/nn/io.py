@@ -15,7 +15,9 @@ MODEL
 DATA
     One tensor of calibration inputs: ``.npy`` (``numpy.save``), ``.safetensors`` (a single tensor,
     or the one named ``inputs``) or a torch file (``torch.save(tensor)``, or a dict with key
-    ``inputs``), loaded with ``weights_only=True``.
+    ``inputs``), loaded with ``weights_only=True``; or a text file (``.txt``, ``.py``, ``.md``)
+    for a byte-level language model: its bytes as token ids, in windows of ``--context``
+    (:func:`load_text_calibration`).
 OUT
     MODEL's format: a whole module, a torch state dict, or safetensors. Pruning is made permanent
     first (``torch.nn.utils.prune.remove`` on every pruned tensor) so that OUT loads into the plain
@@ -39,7 +41,10 @@ from .._atomic import atomic_write
 from ..errors import InvalidInputError
 
 __all__ = ["LoadedModel", "check_paths", "load_model", "load_calibration", "save_model",
-           "build_architecture"]
+           "build_architecture", "load_text_calibration", "TEXT_SUFFIXES"]
+
+#: Calibration files read as text (byte-level token ids, for language models).
+TEXT_SUFFIXES = (".txt", ".py", ".md", ".text")
 
 _SAFETENSORS = ".safetensors"
 
@@ -197,6 +202,28 @@ def load_calibration(path) -> torch.Tensor:
         raise InvalidInputError(f"{path} holds a {type(content).__name__}; --calibration needs one "
                                 "tensor of inputs.")
     return content
+
+
+def load_text_calibration(path, *, context: int, sequences: int | None) -> torch.Tensor:
+    """A text file as byte-level token ids: consecutive windows of ``context`` bytes.
+
+    Returns
+    -------
+    LongTensor, shape (B, context)
+        The file's first ``B * context`` bytes, ``B = min(len // context, sequences)``.
+    """
+    if context < 1:
+        raise InvalidInputError(f"--context must be >= 1; got {context}.")
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read --calibration {str(path)!r} ({exc}).") from None
+    count = len(data) // context if sequences is None else min(len(data) // context, sequences)
+    if count == 0:
+        raise InvalidInputError(f"{path} has {len(data)} bytes, fewer than one sequence of "
+                                f"--context {context}; give a longer text or a shorter context.")
+    ids = np.frombuffer(data[:count * context], dtype=np.uint8).astype(np.int64)
+    return torch.from_numpy(ids.reshape(count, context).copy())
 
 
 def make_permanent(model: torch.nn.Module) -> None:

@@ -113,8 +113,9 @@ def prune(model: torch.nn.Module, calibration, *, target: Target | None, support
     """The loop of the module docstring; see :func:`convexnet.nn.trim` for the arguments.
 
     ``masks`` (``{name: bool tensor in the weight's layout}``) fixes the supports (``refit``);
-    ``support`` is ``"l1"`` or a callable ``support(LayerData) -> Tensor (N, M)``: bool, a mask;
-    floating, weights whose zeros are the mask (written as they are with ``refit=False``).
+    ``support`` is ``"l1"`` or a callable ``support(LayerData)`` returning a Tensor (N, M): bool, a
+    mask; floating, weights whose zeros are the mask (written as they are with ``refit=False``); or
+    a pair ``(mask, weights)``.
     """
     start = time.perf_counter()
     checks.check_model(model)
@@ -241,12 +242,17 @@ def _solve_piece(name, piece, H, rows, target, support, given, refit, damping, l
         mask = l1_support(Hg, W0, target, pruned_rows=N, **l1_options)
     else:
         chosen = support(LayerData(name, Hg[:N, :N], W0[:N], rows, target))
-        chosen = torch.as_tensor(chosen, device=device)
-        if tuple(chosen.shape) != (N, W0.shape[1]):
-            raise InvalidInputError(f"support returned shape {tuple(chosen.shape)} for layer "
-                                    f"{name!r}; expected {(N, W0.shape[1])} (W's orientation).")
-        mask = chosen != 0 if chosen.dtype != torch.bool else chosen
-        weights = chosen.to(torch.float64) if chosen.is_floating_point() else None
+        if isinstance(chosen, tuple) and len(chosen) == 2:
+            mask, weights = (torch.as_tensor(part, device=device) for part in chosen)
+            mask, weights = mask != 0, weights.to(torch.float64)
+        else:
+            chosen = torch.as_tensor(chosen, device=device)
+            mask = chosen != 0 if chosen.dtype != torch.bool else chosen
+            weights = chosen.to(torch.float64) if chosen.is_floating_point() else None
+        for part in (mask, weights):
+            if part is not None and tuple(part.shape) != (N, W0.shape[1]):
+                raise InvalidInputError(f"support returned shape {tuple(part.shape)} for layer "
+                                        f"{name!r}; expected {(N, W0.shape[1])} (W's orientation).")
         if target is not None and not satisfies(mask, target):
             raise InvalidInputError(f"support's mask for layer {name!r} does not meet the target "
                                     f"({target.describe()}).")

@@ -135,7 +135,8 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
     support : "l1" or callable, default "l1"
         A callable ``support(layer)`` gets a :class:`convexnet.nn.pruning.LayerData` (``H``,
         ``W`` (N, M), ``rows``, ``target``) and returns a bool mask ``(N, M)`` meeting the target,
-        or weights whose zeros are the mask: any pruning method, with convexnet's calibration.
+        weights whose zeros are the mask, or a pair ``(mask, weights)``: any pruning method, with
+        convexnet's calibration.
     refit : bool, default True
         Refit the kept weights exactly; False keeps the original weights (or the callable's) on
         the mask (still certified: the certificate then says whether they are the optimal refit).

@@ -254,3 +254,67 @@ def test_prune_refuses_unfinished_layers_unless_allowed(tmp_path, monkeypatch, c
     out = capsys.readouterr().out
     assert "max_iterations*" in out
     assert (tmp_path / "pruned.pt").exists()
+
+
+GPT2_ARCH = '''
+import transformers
+
+
+def build():
+    config = transformers.GPT2Config(vocab_size=256, n_positions=16, n_embd=8, n_layer=2, n_head=2)
+    return transformers.GPT2LMHeadModel(config)
+'''
+
+
+@pytest.mark.parametrize("target", [["--sparsity", "0.5"], ["--pattern", "2:4"]])
+def test_prune_a_gpt2_state_dict_on_a_text_file_prints_a_line_per_block(tmp_path, monkeypatch,
+                                                                       capsys, target):
+    pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save_file
+
+    monkeypatch.chdir(tmp_path)
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    (arch / "tiny_gpt2_arch.py").write_text(GPT2_ARCH)
+    monkeypatch.syspath_prepend(str(arch))
+    import tiny_gpt2_arch
+
+    torch.manual_seed(0)
+    model = tiny_gpt2_arch.build()
+    save_file({key: value.clone() for key, value in model.state_dict().items()}, "gpt2.safetensors")
+    Path("calibration.txt").write_text("def f(x):\n    return x + 1\n" * 20)
+    assert cli.main(["prune", "gpt2.safetensors", "--arch", "tiny_gpt2_arch:build",
+                     "--calibration", "calibration.txt", "--context", "16", *target,
+                     "--out", "pruned.safetensors"]) == 0
+    captured = capsys.readouterr()
+    blocks = [line for line in captured.err.splitlines() if "] block " in line]
+    assert len(blocks) == 2 and all("4/4 refits certified" in line for line in blocks)
+    assert "blockwise mode, 50.0% of the weights pruned" in captured.out
+    pruned = tiny_gpt2_arch.build()
+    from safetensors.torch import load_file
+
+    pruned.load_state_dict(load_file("pruned.safetensors"), strict=False)
+    weight = pruned.transformer.h[1].mlp.c_fc.weight      # Conv1D: (inputs, outputs)
+    assert int((weight == 0).sum()) == weight.numel() // 2
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--sparsity", "1.5"], "[0, 1)"), (["--pattern", "3:4", "--context", "0"], "--context"),
+    (["--sparsity", "0.5", "--save-results", "results"], "--save-results")])
+def test_prune_with_a_target_refuses_bad_options_before_writing(tmp_path, monkeypatch, capsys,
+                                                                 argv, words):
+    pytest.importorskip("transformers")
+    monkeypatch.chdir(tmp_path)
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    (arch / "tiny_gpt2_arch.py").write_text(GPT2_ARCH)
+    monkeypatch.syspath_prepend(str(arch))
+    import tiny_gpt2_arch
+
+    torch.save(tiny_gpt2_arch.build().state_dict(), "gpt2.pt")
+    Path("calibration.txt").write_text("x = 1\n" * 40)
+    assert cli.main(["prune", "gpt2.pt", "--arch", "tiny_gpt2_arch:build", "--calibration",
+                     "calibration.txt", "--out", "pruned.pt", *argv]) == 2
+    assert words in capsys.readouterr().err
+    assert not Path("pruned.pt").exists() and not Path("results").exists()
