@@ -10,7 +10,9 @@ Vector sets
     :func:`project_sparse`, :func:`project_subspace`; the matrix sets (nuclear-norm ball, low rank,
     sum-of-max ball) are in :mod:`solvers.prox_matrix`.
 Penalties
-    :func:`prox_l1` (soft threshold), :func:`prox_l0` (hard threshold), :func:`prox_transformed_l1`.
+    :func:`prox_l1` (soft threshold), :func:`prox_group_l1` (group soft threshold),
+    :func:`prox_l0` (hard threshold), :func:`prox_transformed_l1`; the prox of l1 plus a set is in
+    :mod:`solvers.prox_constrained`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ __all__ = [
     "project_sparse",
     "project_subspace",
     "prox_l1",
+    "prox_group_l1",
+    "group_norms",
     "prox_l0",
     "prox_transformed_l1",
 ]
@@ -242,6 +246,72 @@ def prox_l1(x, *, step: float):
     xp = namespace(x)
     threshold = _arrays.new_array(step, x, dtype=xp.float64)
     return _l1_threshold.soft_threshold_dense(x, threshold, out=xp.empty_like(x))
+
+
+def group_norms(x, *, axis: int):
+    r"""The l2 norms of the slices of ``x`` along ``axis`` (kept as a length-1 axis), in float64,
+    without overflow or underflow: :math:`\|v\|_2 = c \|v / c\|_2` with :math:`c = \max_i |v_i|`
+    (entries of 1e200 or 1e-200 give their norm, not inf or 0)."""
+    xp = namespace(x)
+    values = _arrays.to_float64(x)
+    largest = xp.amax(xp.abs(values), axis=axis, keepdims=True)
+    unit = xp.where(largest > 0, largest, _arrays.new_array(1.0, largest))
+    return largest * xp.sqrt(xp.sum((values / unit) ** 2, axis=axis, keepdims=True))
+
+
+def prox_group_l1(x, *, step, axis: int = 1):
+    r"""Prox of the group l1 norm (group soft threshold), the groups being the slices along ``axis``.
+
+    .. math:: \operatorname{prox}(x) = \operatorname{argmin}_z \tfrac12 \|z - x\|_2^2
+              + \sum_g s_g \|z_g\|_2, \qquad
+              \operatorname{prox}(x)_g = \max\Big(1 - \frac{s_g}{\|x_g\|_2}, 0\Big)\, x_g,
+
+    where a group ``x_g`` is a slice along ``axis`` (``axis=1`` on ``W`` (N, M): the rows, input
+    features, as :class:`convexnet.penalties.GroupL1` with its default; ``axis=0``: the columns,
+    output units). The factor is formed as ``max(||x_g|| - s_g, 0) / ||x_g||`` (no cancellation
+    in ``1 - s / ||x||`` next to the threshold) with overflow-free norms (:func:`group_norms`).
+
+    Parameters
+    ----------
+    x : ndarray or torch.Tensor, shape (..., N, M) or any shape with ``axis`` in it
+    step : float or array
+        ``s >= 0``: one weight for all groups, or one per group (an array broadcasting against
+        the group norms, which keep ``axis`` as a length-1 axis: shape (N, 1) for rows, (1, M) for
+        columns; the ADMM engine's per-column ``strength / rho``).
+    axis : int
+        The axis the norms run along.
+
+    Returns
+    -------
+    ndarray or torch.Tensor, shape of ``x``
+        Of ``x``'s kind, dtype and device; groups with ``||x_g|| <= s_g`` are exactly 0.
+
+    Examples
+    --------
+    >>> prox_group_l1(np.array([[3.0, 4.0], [0.3, 0.4]]), step=1.0)
+    array([[2.4, 3.2],
+           [0. , 0. ]])
+    """
+    x = _arrays.as_floating(x)
+    xp = namespace(x)
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis {axis} is out of range for an array with {x.ndim} dimensions.")
+    step = _check_steps(step, x)
+    norms = group_norms(x, axis=axis)
+    safe = xp.where(norms > 0, norms, _arrays.new_array(1.0, norms))
+    factor = _arrays.clip_below_inplace(norms - step, 0.0) / safe
+    return _arrays.cast_like(_arrays.to_float64(x) * factor, x)
+
+
+def _check_steps(step, like):
+    """``step`` as a float, or as a float64 array of ``like``'s kind and device, every entry finite
+    and ``>= 0``."""
+    if np.ndim(step) == 0 and not _arrays.is_tensor(step):
+        return _check_step(step)
+    host = np.asarray(step.detach().cpu() if _arrays.is_tensor(step) else step, dtype=np.float64)
+    if not np.all(np.isfinite(host)) or np.any(host < 0):
+        raise ValueError("step must hold finite numbers >= 0.")
+    return _arrays.new_array(host, like, dtype=namespace(like).float64)
 
 
 def prox_l0(x, *, step: float):
