@@ -130,15 +130,35 @@ def project_sum_of_max_ball(x, *, radius: float):
     rows, columns = x.shape
     if rows * columns == 0:
         return _arrays.copy(x)
-    magnitudes = _arrays.to_float64(xp.abs(x))
-    if float(xp.sum(xp.amax(magnitudes, axis=1))) <= radius:
+    ordered = _arrays.sorted_magnitudes(x)
+    if float(xp.sum(ordered[:, 0])) <= radius:
         return _arrays.copy(x)
     if radius == 0:
         return xp.zeros_like(x)
-    caps = _arrays.cast_like(_sum_of_max_caps(magnitudes, radius), x)
-    # The kernel is done with the magnitudes' buffer (numpy's now holds breakpoints): reuse it.
-    out = magnitudes if magnitudes.dtype == x.dtype else xp.empty_like(x)
+    caps = _arrays.cast_like(_sum_of_max_caps(ordered, radius), x)
+    # The kernel is done with the sorted rows' buffer (numpy's now holds piece starts): reuse it.
+    out = ordered if ordered.dtype == x.dtype else xp.empty_like(x)
     return _arrays.clip_into(x, -caps, caps, out=out)
+
+
+def _count_starts_below(starts, level):
+    """Per row, how many entries of ``starts`` (``(N, M)``, each row non-decreasing) are ``< level``
+    (``(N, 1)``): a batched binary search, ``O(N log M)``, shaped ``(N, 1)`` int64."""
+    xp = namespace(starts)
+    rows, columns = starts.shape
+    flat = starts.reshape(-1)
+    # Flat position of each row's entry k - 1.
+    before = _arrays.new_array(np.arange(rows, dtype=np.int64)[:, None] * columns - 1, starts,
+                               dtype=xp.int64)
+    last = before + columns
+    count = xp.zeros_like(before)
+    step = 1 << (int(columns).bit_length() - 1)
+    # Branch-free lower bound: add each power of two while the entry it reaches is still below.
+    while step:
+        reach = before + count + step
+        count = count + step * ((flat[xp.minimum(reach, last)] < level) & (reach <= last))
+        step >>= 1
+    return count
 
 
 def _sum_of_max_level(partial_sums, starts, radius):
@@ -146,12 +166,11 @@ def _sum_of_max_level(partial_sums, starts, radius):
 
     ``g(theta) = sum_i mu_i(theta)`` is convex, decreasing and piecewise linear; row ``i`` is on
     the piece that keeps ``k_i`` entries, ``mu_i = (S_i(k_i) - theta) / k_i``, where ``k_i`` is the
-    number of its piece starts below ``theta`` (a binary search in the row; see
-    :func:`_sum_of_max_caps`). From ``theta = 0``, left of the root, each Newton step solves the
-    current pieces' linear equation and lands left of the root again (convexity), at the root once
-    no row changes piece: the pieces only move forward, so the steps are finitely many, each
-    ``O(N log M)`` after the ``O(N M log M)`` sort (Chu et al.'s root-finding; a handful of steps
-    in practice).
+    number of its piece starts below ``theta`` (a binary search in the row). From ``theta = 0``,
+    left of the root, each Newton step solves the current pieces' linear equation and lands left of
+    the root again (convexity), at the root once no row changes piece: the pieces only move forward,
+    so the steps are finitely many, each ``O(N log M)`` after the ``O(N M log M)`` sort (Chu et al.'s
+    root-finding; a handful of steps in practice).
     """
     xp = namespace(partial_sums)
     rows, columns = partial_sums.shape
@@ -159,7 +178,7 @@ def _sum_of_max_level(partial_sums, starts, radius):
     theta = _arrays.new_array(np.zeros((rows, 1)), partial_sums)
     pieces = None
     for _ in range(rows * columns + 1):
-        counts = _arrays.count_sorted_below(starts, theta)
+        counts = _count_starts_below(starts, theta)
         active = theta <= norms
         # A row past its norm is on its last piece, zero: coded as M + 1 entries kept.
         current = xp.where(active, counts, columns + 1)
@@ -179,7 +198,7 @@ def _sum_of_max_level(partial_sums, starts, radius):
     return float(theta[0, 0])
 
 
-def _sum_of_max_caps(magnitudes, radius):
+def _sum_of_max_caps(ordered, radius):
     """The row caps ``mu`` (shape ``(N, 1)``, float64) of :func:`project_sum_of_max_ball`.
 
     With each row sorted descending, ``v_i(1) >= ... >= v_i(M)``, and ``S_i(k)`` the sum of its
@@ -187,27 +206,27 @@ def _sum_of_max_caps(magnitudes, radius):
     ``mu_i(theta) = (S_i(k) - theta) / k``. That piece starts at ``B_i(k) = S_i(k) - k v_i(k)``
     (where ``mu_i`` reaches ``v_i(k)``; ``B_i(1) = 0``, non-decreasing in ``k``), and after
     ``||row||_1 = S_i(M)`` the row is zero. :func:`_sum_of_max_level` finds the level; the caps are
-    then recomputed from each row's own piece. numpy's ``magnitudes`` is overwritten.
+    then recomputed from each row's own piece. ``ordered`` holds the rows' magnitudes sorted
+    descending, float64; numpy's is overwritten with the piece starts.
     """
-    xp = namespace(magnitudes)
-    rows, columns = magnitudes.shape
-    # Every N x M pass writes into one of two buffers: fresh arrays cost their page faults.
-    ordered = _arrays.sort_descending_inplace(magnitudes, axis=1)
-    partial_sums = xp.cumsum(ordered, axis=1)
+    xp = namespace(ordered)
+    rows, columns = ordered.shape
+    partial_sums = xp.cumsum(ordered, 1)
     sizes = _arrays.new_array(np.arange(1, columns + 1, dtype=np.float64), ordered)
-    starts = xp.multiply(ordered, sizes, out=ordered)
-    starts = xp.subtract(partial_sums, starts, out=starts)
+    # numpy's starts overwrite the sorted values (one buffer fewer to fault in); torch's may not.
+    starts = ordered if not _arrays.is_tensor(ordered) else xp.empty_like(ordered)
+    starts = xp.subtract(partial_sums, xp.multiply(ordered, sizes, out=starts), out=starts)
     level = _sum_of_max_level(partial_sums, starts, radius)
 
     # Redo the last step from each row's own piece, so that the running sums' rounding drops out.
-    counts = _arrays.count_sorted_below(starts, _arrays.new_array(np.full((rows, 1), level), starts))
+    counts = _count_starts_below(starts, _arrays.new_array(np.full((rows, 1), level), starts))
     # The rows of largest l1 norm are active for every r > 0, even when rounding puts the level at
     # or above their norm (r far below the data's spacing); their piece is then the last one that
     # counts their nonzero entries: the pieces that start below the norm are those of the nonzero
     # entries (a zero entry's piece starts at the norm).
     norms = _arrays.contiguous(partial_sums[:, -1:])
     active = (level <= norms) | (norms == xp.amax(norms))
-    last_piece = _arrays.count_sorted_below(starts, norms)
+    last_piece = _count_starts_below(starts, norms)
     index = xp.clip(xp.minimum(counts, last_piece) - 1, 0, columns - 1)
     row_sums = _arrays.take_along_axis(partial_sums, index, axis=1)
     row_sizes = _arrays.to_float64(index + 1)
