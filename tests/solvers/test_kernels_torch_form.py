@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from solvers import _arrays, _l1_search
 from solvers.prox import project_l1_ball, project_l1_inf_ball, prox_group_l1
@@ -121,19 +122,14 @@ def test_group_and_constrained_proxes_match_numpy(device):
         np.testing.assert_allclose(back(kernel(on(device, W))), kernel(W), rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("kernel, points, tolerance", [
+    (project_l1_ball, vectors, 1e-12), (project_sum_of_max_ball, matrices, 1e-10)],
+    ids=["l1 ball", "sum-of-max ball"])
 @settings(max_examples=40, deadline=None)
-@given(vectors, exponents, exponents)
-def test_l1_torch_form_at_any_scale(unit, data_exponent, radius_exponent):
-    x = unit * 10.0 ** data_exponent
-    radius = 0.7 * 10.0 ** radius_exponent
-    out = back(project_l1_ball(torch.tensor(x), radius=radius))
-    assert np.max(np.abs(out - project_l1_ball(x, radius=radius))) <= 1e-12 * radius
-
-
-@settings(max_examples=40, deadline=None)
-@given(matrices, exponents, exponents)
-def test_sum_of_max_torch_form_at_any_scale(unit, data_exponent, radius_exponent):
-    x = unit * 10.0 ** data_exponent
-    radius = 0.7 * 10.0 ** radius_exponent
-    out = back(project_sum_of_max_ball(torch.tensor(x), radius=radius))
-    assert np.max(np.abs(out - project_sum_of_max_ball(x, radius=radius))) <= 1e-10 * radius
+@given(data=st.data())
+def test_torch_form_at_any_scale(kernel, points, tolerance, data):
+    """Data and radii from 1e-150 to 1e150: the torch form agrees with the numpy form."""
+    x = data.draw(points) * 10.0 ** data.draw(exponents)
+    radius = 0.7 * 10.0 ** data.draw(exponents)
+    out = back(kernel(torch.tensor(x), radius=radius))
+    assert np.max(np.abs(out - kernel(x, radius=radius))) <= tolerance * radius
