@@ -11,17 +11,15 @@ band of it:
 
 1. a strided sample of every row gives a bracket ``lo < tau <= hi`` (the sample's own threshold,
    moved a few standard deviations of the sample's rank either way);
-2. one dense pass forms the shifted magnitudes ``d = max(v - lo, 0)`` and, per row, their sum
-   ``f(lo)`` and the count of entries above ``hi``; only the entries in ``(lo, hi]`` (the band) are
-   gathered, in float64, with their row labels;
-3. Michelot's fixed-point search (Michelot 1986) runs on the band alone: the entries above ``hi``
-   enter it only through their count, and their sum is ``f(lo)`` minus the band's. From ``lo`` the
-   level only rises and the kept set only shrinks, so the search ends, at the exact active set;
-   the threshold is then ``lo + (f(lo) - (removed band entries) - r) / |K|``, a sum of positive
-   terms close to ``r``, accurate to a few units in the last place of the shifted values.
+2. one dense pass counts the entries above ``hi`` and sums them, and gathers the entries in
+   ``(lo, hi]`` (the band), in float64, with their row labels;
+3. Michelot's fixed-point search (Michelot 1986) runs on the band alone, the entries above ``hi``
+   entering only through their count and sum. From a level below the threshold the level only
+   rises and the kept set only shrinks, so the search ends, at the exact active set ``K``, and the
+   threshold is the closed formula ``(sum_K v - r) / |K|`` on it.
 
-A row whose bracket missed (``f(lo) <= r``, or a level above ``hi``) is searched again with a bracket
-that the first pass proved: ``[0, lo]`` or ``[hi, inf)``. Rows inside the ball get ``tau = 0``.
+A row whose bracket missed is searched again, alone, with a bracket that the first pass proved
+(see :func:`thresholds`). Rows inside the ball get ``tau = 0``.
 """
 
 from __future__ import annotations
@@ -36,8 +34,11 @@ __all__ = ["thresholds"]
 
 # Sample entries per row (at least) and in all: a larger sample narrows the band that is gathered,
 # at the price of sorting the sample.
-SAMPLE_PER_ROW = 256
+SAMPLE_PER_ROW = 512
 SAMPLE_TOTAL = 16384
+# The bracket's half-width, in standard deviations of the sample's count (sqrt(k)): a miss costs a
+# second search of the row, a wide bracket a larger band on every row.
+SPREAD = 2.5
 
 
 def _sorted_thresholds(values, radius):
@@ -56,14 +57,10 @@ def _sorted_thresholds(values, radius):
     return tau, count
 
 
-def _sampled_bracket(magnitudes, radius):
-    """Per row a likely bracket ``(lo, hi)`` of the threshold (float64, ``(before, 1, after)``).
-
-    The sample's threshold (for the radius scaled by the sample fraction) keeps ``k`` sample entries;
-    ``lo`` is the sample entry ``3 sqrt(k) + 3`` places below the cut, ``hi`` the one as many places
-    above it (``0`` and ``inf`` when the sample runs out). A bracket is only likely: the search
-    checks it and redoes the rows it misses.
-    """
+def _sample(magnitudes, radius):
+    """A strided sample of every row, sorted descending (float64, ``(rows, size)``, rows in the flat
+    order of ``(before, after)``), and ``k`` (``(rows, 1)``): how many sample entries lie above the
+    sample's own threshold for the radius scaled by the sample fraction."""
     xp = namespace(magnitudes)
     before, n, after = magnitudes.shape
     per_row = min(n, max(SAMPLE_PER_ROW, SAMPLE_TOTAL // (before * after)))
@@ -71,17 +68,23 @@ def _sampled_bracket(magnitudes, radius):
     # Rows along the last axis need no move; a single row is read as one vector.
     sample = strided[:, :, 0] if after == 1 else xp.moveaxis(strided, 1, -1)
     ordered = _arrays.to_float64(_arrays.sort_descending(_arrays.contiguous(sample), axis=-1))
+    ordered = ordered.reshape(before * after, -1)
+    _, count = _sorted_thresholds(ordered, radius * ordered.shape[-1] / n)
+    return ordered, count
+
+
+def _bracket(ordered, count, spread):
+    """A likely bracket ``(lo, hi)`` of each row's threshold (float64, ``(rows, 1)``), from the sorted
+    sample: ``lo`` is the sample entry ``spread sqrt(k) + 3`` places below the sample's cut, ``hi``
+    the one as many places above it (``0`` and ``inf`` when the sample runs out)."""
+    xp = namespace(ordered)
     size = ordered.shape[-1]
-    _, count = _sorted_thresholds(ordered, radius * size / n)
-    margin = _arrays.as_index(3 * xp.sqrt(_arrays.to_float64(count)) + 3)
+    margin = _arrays.as_index(spread * xp.sqrt(_arrays.to_float64(count)) + 3)
     below, above = count + margin, count - 1 - margin
     lo = _arrays.take_along_axis(ordered, xp.clip(below, 0, size - 1), axis=-1)
     lo = xp.where(below < size, lo, _arrays.new_array(0.0, lo))
     hi = _arrays.take_along_axis(ordered, xp.clip(above, 0, size - 1), axis=-1)
-    hi = xp.where(above >= 0, hi, _arrays.new_array(np.inf, hi))
-    if after == 1:
-        return lo[:, :, None], hi[:, :, None]
-    return xp.moveaxis(lo, -1, 1), xp.moveaxis(hi, -1, 1)
+    return lo, xp.where(above >= 0, hi, _arrays.new_array(np.inf, hi))
 
 
 def _band_michelot(values, labels, rows, sum_top, count_top, radius):
@@ -133,11 +136,12 @@ def _per_row(value, rows):
 def _search(magnitudes, radius, lo, hi):
     """Thresholds of all rows for the brackets ``(lo, hi)`` (``(before, 1, after)``, ``0 <= lo < hi``).
 
-    Returns ``(tau, missed_low, missed_high, candidates, clear)``: ``tau`` (``(before, 1, after)``,
-    float64, 0 for rows inside the ball); ``missed_low`` and ``missed_high`` (boolean, same shape)
-    the rows whose threshold lies at or below ``lo`` or above ``hi`` (their ``tau`` is meaningless);
-    ``candidates`` as :func:`thresholds` returns them; ``clear`` the rows known to hold an entry
-    above ``tau (1 + 1 / FAR_RATIO)`` (the others may be far rows, see :func:`thresholds`).
+    Returns ``(tau, missed_low, missed_high, candidates, clear, floor)``: ``tau`` (``(before, 1,
+    after)``, float64, 0 for rows inside the ball); ``missed_low`` and ``missed_high`` (boolean,
+    same shape) the rows whose threshold lies at or below ``lo`` or above ``hi`` (their ``tau`` is
+    meaningless); ``candidates`` as :func:`thresholds` returns them; ``clear`` the rows known to
+    hold an entry above ``tau (1 + 1 / FAR_RATIO)`` (the others may be far rows, see
+    :func:`thresholds`); ``floor`` a level below the threshold of every ``missed_low`` row.
     """
     xp = namespace(magnitudes)
     before, n, after = magnitudes.shape
@@ -164,7 +168,9 @@ def _search(magnitudes, radius, lo, hi):
         else _arrays.segment_sum(labels, rows, weights=values)
     band_counts = _arrays.new_array([_arrays.size(values)], lo) if labels is None \
         else _arrays.segment_sum(labels, rows)
-    at_lo = (sum_top + band_sums.reshape(lo.shape)) - (count_top + band_counts.reshape(lo.shape)) * lo
+    above_sums = sum_top + band_sums.reshape(lo.shape)
+    above_counts = count_top + band_counts.reshape(lo.shape)
+    at_lo = above_sums - above_counts * lo
     inside = (at_lo <= radius) & (lo == 0)
     missed_low = (at_lo <= radius) & ~inside
     missed_high = (tau > hi) & ~missed_low & ~inside
@@ -177,6 +183,9 @@ def _search(magnitudes, radius, lo, hi):
         clear = clear | bool(above.any())
     else:
         clear = clear | (_arrays.segment_sum(labels[above], rows) > 0).reshape(clear.shape)
+    if bool((~clear & (count_top > 0)).any()):
+        # Entries above hi but hi below that level: the rows' largest entries decide.
+        clear = clear | (xp.amax(magnitudes, axis=1, keepdims=True) > margin)
     survivors = int(xp.sum(count_top)) + int(xp.sum(kept))
     candidates = None
     if 64 * survivors <= _arrays.size(magnitudes):
@@ -184,56 +193,87 @@ def _search(magnitudes, radius, lo, hi):
         if has_top:
             found = _arrays.concatenate([_arrays.flat_nonzero(top), found])
         candidates = (found, None if rows == 1 else (found // (n * after)) * after + found % after)
-    return tau, missed_low, missed_high, candidates, clear
+    # Where lo is not below the threshold, all the entries above it are active, and Michelot's level
+    # on them is a level below the threshold: a certain bracket for the redo.
+    floor = xp.clip((above_sums - radius) / xp.clip(above_counts, 1, None), 0.0, None)
+    return tau, missed_low, missed_high, candidates, clear, floor
 
 
 def _redo(rows, radius, index, lo, hi):
     """:func:`_search` on the rows ``index`` (flat) of the signed ``rows`` alone, with the brackets
-    ``lo``, ``hi`` (flat). Returns the thresholds, the candidates and the clear rows."""
+    ``lo``, ``hi`` (flat); its results flat."""
     xp = namespace(rows)
     after = rows.shape[2]
     magnitudes = _arrays.contiguous(xp.abs(rows[index // after, :, index % after]))[:, :, None]
-    tau, _, _, found, clear = _search(magnitudes, radius, lo[:, None, None], hi[:, None, None])
-    return tau.reshape(-1), found, clear.reshape(-1)
+    tau, missed_low, missed_high, found, clear, floor = _search(magnitudes, radius, lo[:, None, None],
+                                                                 hi[:, None, None])
+    return (tau.reshape(-1), missed_low.reshape(-1), missed_high.reshape(-1), found,
+            clear.reshape(-1), floor.reshape(-1))
+
+
+def _moved(found, index, n, after):
+    """Candidates ``found`` of the rows ``index`` searched alone (a ``(rows, n, 1)`` block), as
+    positions and labels in ``(before, n, after)``."""
+    row, middle = found[0] // n, found[0] % n
+    return ((index // after)[row] * n + middle) * after + (index % after)[row], index[row]
+
+
+# A missed row's bracket widens this many times before its upper end goes to infinity.
+WIDENINGS = 3
 
 
 def thresholds(rows, magnitudes, radius):
     """Soft-threshold levels projecting each row of ``rows`` (``(before, n, after)``) onto the ball.
 
-    ``magnitudes`` is ``abs(rows)``, C-ordered, and is overwritten (the caller may reuse it as the
-    output). Returns ``(tau, candidates, far)``: ``tau`` float64 of shape ``(before, 1, after)`` (0
-    for rows inside), ``candidates`` as ``(positions, labels)`` into the C-ordered flattening (a
-    superset of the nonzeros of the projection; ``labels`` None for one row) or None when more than
-    1/64 of the entries survive, and ``far`` the flat indices of the rows to redo with
+    ``magnitudes`` is ``abs(rows)``, C-ordered. Rows whose sampled bracket misses are searched
+    again, alone, with a bracket the miss proved: ``(floor, lo]`` below (see :func:`_search`), or
+    ``(hi, hi']`` above with ``hi'`` from the sample at four times the spread, then ``(hi, inf)``.
+    Returns ``(tau, candidates, far)``: ``tau`` float64 of shape ``(before, 1, after)`` (0 for rows
+    inside), ``candidates`` as ``(positions, labels)`` into the C-ordered flattening (a superset of
+    the nonzeros of the projection; ``labels`` None for one row) or None when more than 1/64 of the
+    entries survive, and ``far`` the flat indices of the rows to redo with
     :func:`solvers._l1_threshold.reproject_rows`. Returns None when every row is inside.
     """
     xp = namespace(magnitudes)
     before, n, after = magnitudes.shape
-    lo, hi = _sampled_bracket(magnitudes, radius)
-    tau, missed_low, missed_high, candidates, clear = _search(magnitudes, radius, lo, hi)
-    missed = missed_low | missed_high
+    sample, count = _sample(magnitudes, radius)
+    spread = SPREAD
+    lo, hi = _bracket(sample, count, spread)
+    shape = (before, 1, after)
+    lo3 = lo.reshape(before, after)[:, None, :]
+    hi3 = hi.reshape(before, after)[:, None, :]
+    tau, missed_low, missed_high, candidates, clear, floor = _search(magnitudes, radius, lo3, hi3)
     tau, clear = tau.reshape(-1), clear.reshape(-1)
-    if bool(missed.any()):
-        # The first pass proved a bracket for every missed row: (0, lo] below, (hi, inf) above.
-        index = _arrays.flat_nonzero(missed)
-        low_side = missed_low.reshape(-1)[index]
-        lo, hi = lo.reshape(-1)[index], hi.reshape(-1)[index]
-        zero, infinite = _arrays.new_array(0.0, lo), _arrays.new_array(np.inf, lo)
-        redone, found, redone_clear = _redo(rows, radius, index, xp.where(low_side, zero, hi),
-                                            xp.where(low_side, lo, infinite))
+    missed_low, missed_high, floor = missed_low.reshape(-1), missed_high.reshape(-1), floor.reshape(-1)
+    index = _arrays.flat_nonzero(missed_low | missed_high)
+    lo, hi = lo.reshape(-1), hi.reshape(-1)
+    if _arrays.size(index):
         tau, clear = _arrays.copy(tau), _arrays.copy(clear)
-        tau[index], clear[index] = redone, redone_clear
-        if candidates is not None and found is None:
+    for widening in range(WIDENINGS + 1):
+        if _arrays.size(index) == 0:
+            break
+        spread *= 4
+        wider = _bracket(sample[index], count[index], spread)[1].reshape(-1) if widening < WIDENINGS \
+            else _arrays.new_array(np.full(_arrays.size(index), np.inf), lo)
+        low_side = missed_low[index]
+        lo_index = xp.where(low_side, floor[index], hi[index])
+        hi_index = xp.where(low_side, lo[index], xp.maximum(wider, hi[index]))
+        result = _redo(rows, radius, index, lo_index, hi_index)
+        tau[index], clear[index] = result[0], result[4]
+        if candidates is not None and result[3] is None:
             candidates = None
         elif candidates is not None:
-            # The redone rows' candidates, moved from their (rows, n, 1) block to x's positions; the
-            # stale ones they replace are simply written with the same values.
-            row, middle = found[0] // n, found[0] % n
-            moved = ((index // after)[row] * n + middle) * after + (index % after)[row]
-            positions = _arrays.concatenate([candidates[0], moved])
-            labels = None if candidates[1] is None else _arrays.concatenate([candidates[1], index[row]])
-            candidates = (positions, labels)
+            # The stale candidates of the redone rows are simply written with the right values.
+            positions, labels = _moved(result[3], index, n, after)
+            candidates = (_arrays.concatenate([candidates[0], positions]),
+                          None if candidates[1] is None else _arrays.concatenate([candidates[1], labels]))
+        # The brackets (floor, lo] are certain; only rounding can miss them, and is trusted.
+        again = result[2] & xp.isfinite(hi_index)
+        missed_low, missed_high = xp.zeros_like(missed_low), xp.zeros_like(missed_high)
+        missed_high[index] = again
+        lo[index], hi[index] = lo_index, hi_index
+        index = index[again]
     if not bool((tau > 0).any()):
         return None
     far = _arrays.flat_nonzero(~clear & (tau > 0))
-    return tau.reshape(before, 1, after), candidates, far
+    return tau.reshape(shape), candidates, far
