@@ -257,7 +257,9 @@ def thresholds(rows, magnitudes, radius):
             else _arrays.new_array(np.full(_arrays.size(index), np.inf), lo)
         low_side = missed_low[index]
         lo_index = xp.where(low_side, floor[index], hi[index])
-        hi_index = xp.where(low_side, lo[index], xp.maximum(wider, hi[index]))
+        # A sample with nothing above hi gives no wider bracket: then up to infinity at once.
+        wider = xp.where(wider > hi[index], wider, _arrays.new_array(np.inf, wider))
+        hi_index = xp.where(low_side, lo[index], wider)
         result = _redo(rows, radius, index, lo_index, hi_index)
         tau[index], clear[index] = result[0], result[4]
         if candidates is not None and result[3] is None:

@@ -20,7 +20,8 @@ from solvers.prox import project_l1_ball, project_l1_inf_ball, prox_group_l1
 from solvers.prox_constrained import prox_l1_in_l1_inf_ball, prox_l1_in_sum_of_max_ball
 from solvers.prox_matrix import project_sum_of_max_ball
 
-from .test_prox import adversarial, l1_reference, sampling_stride, sum_of_max_reference
+from .test_prox import (adversarial, hidden_peaks, l1_reference, sampling_stride,
+                         sum_of_max_reference)
 from .test_prox_extreme import exponents, matrices, vectors
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -64,16 +65,18 @@ def test_l1_batches_with_inside_rows_match_numpy(device, axis):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rows, n", [(1, 200_000), (3, 50_000)])
-def test_l1_redo_after_a_missed_bracket(monkeypatch, device, rows, n):
+@pytest.mark.parametrize("layout, radius", [(adversarial, 5.0), (hidden_peaks, 50.0)],
+                         ids=["bracket above", "bracket below"])
+def test_l1_redo_after_a_missed_bracket(monkeypatch, device, rows, n, layout, radius):
     redone = []
     redo = _l1_search._redo
     monkeypatch.setattr(_l1_search, "_redo", lambda *args: redone.append(True) or redo(*args))
-    batch = np.stack([adversarial(n, sampling_stride(rows, n)) * (-1) ** row for row in range(rows)])
+    batch = np.stack([layout(n, sampling_stride(rows, n)) * (-1) ** row for row in range(rows)])
     x = batch if rows > 1 else batch[0]
-    out = back(project_l1_ball(on(device, x), radius=5.0, axis=1 if rows > 1 else None))
+    out = back(project_l1_ball(on(device, x), radius=radius, axis=1 if rows > 1 else None))
     assert redone
     for row, result in zip(batch, out.reshape(rows, n)):
-        np.testing.assert_allclose(result, l1_reference(row, 5.0), atol=1e-11)
+        np.testing.assert_allclose(result, l1_reference(row, radius), atol=1e-11)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -213,6 +213,27 @@ def test_l1_recovers_when_the_sampled_bracket_misses(monkeypatch, rows, n):
         np.testing.assert_allclose(result, l1_reference(row, 5.0), atol=1e-11)
 
 
+def hidden_peaks(n, stride):
+    """Small entries where a strided sample looks and large ones between: the sampled bracket lies
+    below the threshold."""
+    x = np.zeros(n)
+    x[::stride] = 0.1
+    x[1::stride] = 10.0 + np.linspace(0, 1, len(x[1::stride]))
+    return x
+
+
+@pytest.mark.parametrize("rows, n", [(1, 200_000), (3, 50_000)])
+def test_l1_recovers_when_the_sampled_bracket_lies_below(monkeypatch, rows, n):
+    redone = []
+    redo = _l1_search._redo
+    monkeypatch.setattr(_l1_search, "_redo", lambda *args: redone.append(True) or redo(*args))
+    batch = np.stack([hidden_peaks(n, sampling_stride(rows, n)) for _ in range(rows)])
+    out = project_l1_ball(batch if rows > 1 else batch[0], radius=50.0, axis=1 if rows > 1 else None)
+    assert redone
+    for row, result in zip(batch, out.reshape(rows, n)):
+        np.testing.assert_allclose(result, l1_reference(row, 50.0), atol=1e-11)
+
+
 def test_l1_inside_with_a_misleading_sample_is_still_returned_bitwise():
     """The sample sees only the large entries, so it guesses a positive threshold for a point inside."""
     x = adversarial(200_000, sampling_stride(1, 200_000))
