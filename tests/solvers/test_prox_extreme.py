@@ -20,6 +20,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 
+from solvers import _l1_search
 from solvers.prox import (project_l1_ball, project_l1_inf_ball, prox_l0, prox_l1,
                           prox_transformed_l1)
 from solvers.prox_matrix import project_nuclear_ball, project_sum_of_max_ball
@@ -287,3 +288,30 @@ def test_transformed_l1_with_tiny_a_is_the_hard_threshold():
     for a in (1e-20, 1e-150, 1e-300):
         out = prox_transformed_l1(x, step=1.0, a=a)
         np.testing.assert_allclose(out, np.where(np.abs(x) > math.sqrt(2), x, 0.0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("distribution", ["standard_normal", "exponential", "standard_cauchy"])
+@pytest.mark.parametrize("n", [2000, 50_000])
+@pytest.mark.parametrize("fraction", [1e-4, 0.01, 0.3, 0.9])
+def test_l1_threshold_is_the_closed_formula_on_the_exact_active_set(distribution, n, fraction):
+    """The search identifies the active set K exactly, and the threshold is (sum_K v - r) / |K|
+    evaluated in float64: within a few units of eps sum_K v / |K| of the exact rational threshold
+    (the float64 sum of K limits it; where the threshold is small next to the kept entries this is
+    several units in its last place)."""
+    rng = np.random.default_rng(n + int(fraction * 1e4))
+    x = getattr(rng, distribution)(size=n)
+    magnitudes = np.abs(x)
+    radius = float(fraction * magnitudes.sum())
+    ordered = np.sort(magnitudes)[::-1]
+    partial = np.cumsum(ordered)
+    count = int(np.count_nonzero(ordered * np.arange(1, n + 1) > partial - radius))
+    total = sum(Fraction(float(v)) for v in ordered[:count])
+    exact = (total - Fraction(radius)) / count
+    # The float64 count above is right: exact arithmetic agrees on both sides of the cut.
+    assert Fraction(float(ordered[count - 1])) > exact
+    assert count == n or Fraction(float(ordered[count])) <= exact
+    out = project_l1_ball(x, radius=radius)
+    np.testing.assert_array_equal(out != 0, magnitudes > exact)
+    tau, _, _ = _l1_search.thresholds(x.reshape(1, -1, 1), magnitudes.reshape(1, -1, 1).copy(), radius)
+    error = abs(Fraction(float(tau.reshape(()))) - exact)
+    assert error <= 8 * np.finfo(float).eps * total / count + Fraction(math.ulp(float(exact)))
