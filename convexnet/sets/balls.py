@@ -32,8 +32,8 @@ class L1Ball(RadiusBall):
 
     Notes
     -----
-    The projection is sort-free (a sampled start and Michelot's search, see
-    :func:`solvers.prox.project_l1_ball`); a point inside comes back bitwise unchanged and
+    The projection is sort-free (a sampled bracket, then Michelot's search on the entries inside
+    it, see :func:`solvers.prox.project_l1_ball`); a point inside comes back bitwise unchanged and
     ``radius=0`` gives zeros.
     """
 
@@ -104,7 +104,7 @@ class SumOfMaxBall(RadiusBall):
 
     Row ``i`` of ``W`` (an input feature's outgoing weights) costs its largest magnitude, so the
     ball drives whole rows to zero: feature selection. Its dual norm is :class:`L1InfBall`'s.
-    The projection is exact and finite (a breakpoint search; see
+    The projection is exact and finite (rows sorted, then Newton's method on the caps; see
     :func:`solvers.prox_matrix.project_sum_of_max_ball`).
     """
 
