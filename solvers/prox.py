@@ -80,11 +80,14 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     with :math:`\tau = 0` when :math:`\|v\|_1 \le r`, else the unique :math:`\tau > 0` with
     :math:`\sum_i \max(|v_i| - \tau, 0) = r`.
 
-    The threshold is found without sorting the vector: a strided sample gives a starting guess
-    (Condat 2016's idea of starting close to the answer), a pass keeps the entries above it, and
-    Michelot's fixed-point search (Michelot 1986) finishes exactly on those, in float64. All slices
-    are processed together (no Python loop over them), on the input's device; a CPU tensor is
-    processed by the numpy form, on a view of its memory (see :func:`solvers._arrays.numpy_on_cpu`).
+    The threshold is found without sorting the vector (:mod:`solvers._l1_search`): a strided
+    sample gives a likely bracket ``lo < tau <= hi`` (Condat 2016's idea of starting close to the
+    answer); one pass counts and sums the entries above ``hi`` and gathers those in between; and
+    Michelot's fixed-point search (Michelot 1986) runs on those alone, in float64, to the exact
+    active set ``K``, where ``tau = (sum_K |v_i| - r) / |K|``. A missed bracket is redone from one
+    the miss proved. All slices are processed together (no Python loop over them), on the input's
+    device; a CPU tensor is processed by the numpy form, on a view of its memory (see
+    :func:`solvers._arrays.numpy_on_cpu`).
 
     Parameters
     ----------

@@ -109,7 +109,8 @@ def project_sum_of_max_ball(x, *, radius: float):
     The kernel sorts every row (``O(N M log M)``, the cost of Quattoni et al.'s method), then runs
     Newton's method on ``g`` from ``theta = 0`` (Chu et al.'s root-finding), each step a binary search
     per row; the steps end, exactly, when no row changes piece. The rows are batched: no Python
-    loop over them. A CPU tensor is processed by the numpy form on a view of its memory.
+    loop over them. A CPU tensor is processed by the numpy form on a view of its memory. (A matrix
+    inside the ball is recognized from its sorted rows, so it costs the sort too.)
 
     Parameters
     ----------

@@ -467,3 +467,12 @@ def test_prox_bad_parameters():
     with pytest.raises(ValueError, match="a must"):
         prox_transformed_l1(np.ones(2), step=1.0, a=0.0)
     assert prox_transformed_l1(np.array([0.3]), step=0.0, a=1.0)[0] == 0.3
+
+
+def test_docstring_examples_of_the_constrained_proxes_run():
+    import doctest
+
+    from solvers import prox_constrained
+
+    failures, tried = doctest.testmod(prox_constrained)
+    assert tried > 0 and failures == 0
