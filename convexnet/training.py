@@ -68,7 +68,8 @@ def design_matrix(module: torch.nn.Module) -> torch.Tensor:
 
     Parameters
     ----------
-    module : torch.nn.Linear or torch.nn.Conv1d / Conv2d / Conv3d
+    module : torch.nn.Linear, Conv1d / Conv2d / Conv3d, MultiheadAttention (its packed in_proj) or
+        transformers' Conv1D
 
     Returns
     -------
@@ -360,9 +361,11 @@ class RVSM(_OptimizerWrapper):
         tensors = []
         for name, module in layers:
             prefix = f"{name}." if name else ""
-            tensors.append((prefix + "weight", module.weight))
-            if penalize_bias and module.bias is not None:
-                tensors.append((prefix + "bias", module.bias))
+            layer = adapter_for(module)
+            weight, bias = layer_tools.tensors(module)
+            tensors.append((prefix + layer.weight_name, weight))
+            if penalize_bias and bias is not None:
+                tensors.append((prefix + layer.bias_name, bias))
         for key, tensor in tensors:
             if not layer_tools.optimized(optimizer, tensor):
                 raise InvalidInputError(
@@ -432,9 +435,11 @@ class RVSM(_OptimizerWrapper):
         """
         state = {split.name: split.u.clone() for split in self.splits}
         for name, module in self.layers:
-            key = f"{name}.bias" if name else "bias"
-            if module.bias is not None and key not in state:
-                state[key] = module.bias.detach().clone()
+            bias_name = adapter_for(module).bias_name
+            key = f"{name}.{bias_name}" if name else bias_name
+            bias = layer_tools.tensors(module)[1]
+            if bias is not None and key not in state:
+                state[key] = bias.detach().clone()
         return state
 
     @contextlib.contextmanager
@@ -468,8 +473,10 @@ class RVSM(_OptimizerWrapper):
         updates = []
         for name, module in self.layers:
             prefix = f"{name}." if name else ""
-            weight = state[prefix + "weight"]
-            updates.append(LayerUpdate(weight, (weight != 0).to(weight.dtype), state.get(prefix + "bias")))
+            layer = adapter_for(module)
+            weight = state[prefix + layer.weight_name]
+            updates.append(LayerUpdate(weight, (weight != 0).to(weight.dtype),
+                                       state.get(prefix + layer.bias_name)))
         write_all([module for _, module in self.layers], updates)
 
     def __repr__(self) -> str:

@@ -13,8 +13,9 @@ original weights are ``W0`` (n, M), the refit on a support ``S`` (n, M) is the c
 
 solved for many columns at once (batched Cholesky; a column whose ``H_ss`` is singular takes the
 minimum-norm least-squares solution, still optimal). :func:`certify` writes the same QP as a
-:class:`~convexnet.SparsityProgram` on the compressed sample form of :class:`~convexnet.GramData`
-(``R`` with ``R^T R = H``, ``T = R W0``), with a ``fits.Squared`` term and a ``sets.Mask``
+:class:`~convexnet.SparsityProgram` on a compressed sample form (``R`` with ``R^T R = H``: the
+Cholesky factor, or :class:`~convexnet.GramData`'s eigenvalue form when ``H`` is singular;
+``T = R W0``), with a ``fits.Squared`` term and a ``sets.Mask``
 constraint, and certifies ``W`` with :func:`convexnet.certificates.verify`: its duality gap.
 """
 
@@ -92,10 +93,19 @@ def _least_squares(system: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 
 def refit_program(H: np.ndarray, W0: np.ndarray, support: np.ndarray, *, samples: int,
                   damping: float = 0.0) -> SparsityProgram:
-    """The refit QP as a :class:`~convexnet.SparsityProgram` on the compressed form of ``H``."""
-    gram = GramData(H=H, XtY=H @ W0, y_squares=np.einsum("nm,nm->m", W0, H @ W0), n=samples,
-                    x_sum=np.zeros(H.shape[0]), y_sum=np.zeros(W0.shape[1]))
-    R, _, _ = compress(gram)
+    """The refit QP as a :class:`~convexnet.SparsityProgram` on a compressed form of ``H``.
+
+    ``R`` is the transposed Cholesky factor of ``H`` (``R^T R = H``, square) when ``H`` is positive
+    definite, else the eigenvalue form of :func:`convexnet.programs.gram.compress`; either way
+    ``||R (W - W0)||^2 = ||X (W - W0)||^2`` for every ``W``, and the target is ``T = R W0``.
+    """
+    factor, info = torch.linalg.cholesky_ex(torch.from_numpy(H))
+    if int(info) == 0:
+        R = factor.numpy().T
+    else:
+        gram = GramData(H=H, XtY=H @ W0, y_squares=np.einsum("nm,nm->m", W0, H @ W0), n=samples,
+                        x_sum=np.zeros(H.shape[0]), y_sum=np.zeros(W0.shape[1]))
+        R, _, _ = compress(gram)
     T = R @ W0
     if damping:
         R = np.vstack([R, np.sqrt(damping) * np.eye(H.shape[0])])

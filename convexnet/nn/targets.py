@@ -11,20 +11,25 @@ orientation (column ``m`` holds output ``m``'s incoming weights; the bias row is
 
 :func:`l1_support` chooses the support by convex programs. For one layer with Gram matrix
 ``H = X^T X`` (n, n) of its (bias-augmented) input and original weights ``W0`` (n, M), each column
-solves the weighted-l1 reconstruction
+solves, in the scaled variable ``u = d * w`` with ``d_i = sqrt(H_ii)`` (the norm of input ``i``),
 
-.. math:: \min_w\; (w - w_0)^T H (w - w_0) + \lambda_m \sum_{i < N} \omega_i d_i |w_i|,
-          \qquad d_i = \sqrt{H_{ii}},
+.. math:: \min_u\; (u - u_0)^T H_n (u - u_0) + \lambda_m \sum_{i < N} \omega_i |u_i|,
+          \qquad H_n = H / d d^T \text{ (unit diagonal)},
 
-with ``lambda_m`` found on a warm-started path (bisection in ``log lambda``) so that the solution
-has the target's number of non-zeros; ``omega`` is 1 in the first round and ``1 / (|d_i w_i| +
-eps)`` in the reweighted rounds (Candes, Wakin and Boyd 2008). With a diagonal ``H`` the first round
-keeps exactly the largest ``|w_0i| d_i`` (Wanda's score); the full ``H`` lets correlated inputs share
-the load. The kept entries are then refit exactly (:mod:`convexnet.nn.least_squares`).
+with ``lambda_m`` found on a warm-started path (bisection in ``log lambda``, every column at once)
+so that the solution has the target's number of non-zeros. The weights are adaptive (Zou 2006):
+``omega_i = 1 / (|u_0i| + eps)`` in the first round, then reweighted from the previous solution,
+``1 / (|u_i| + eps)`` (Candes, Wakin and Boyd 2008; for a pattern, entries the pattern would drop
+get the heaviest weights). With a diagonal ``H`` the first round keeps exactly the largest
+``|w_0i| d_i`` (Wanda's score); the full ``H`` lets correlated inputs stand in for each other. The
+kept entries are then refit exactly (:mod:`convexnet.nn.least_squares`).
 
-The program is solved in the scaled variable ``u = d * w`` (unit-diagonal ``H_n = H / d d^T``) by a
-batched ADMM with one eigendecomposition per layer: ``x = (2 H_n + rho I)^{-1} (2 H_n u_0 + rho (z -
-y))``, ``z = soft(x + y, lambda omega / rho)``, ``y += x - z``.
+The program is solved by a batched ADMM with one eigendecomposition per layer:
+``x = (2 H_n + rho I)^{-1} (2 H_n u_0 + rho (z - y))``, ``z = soft(x + y, lambda omega / rho)``,
+``y += x - z``. The inputs of a transformer layer are strongly correlated (after a layer norm the
+spectrum of ``H_n`` spans ten orders of magnitude), and a small ``rho`` (0.002 of the unit diagonal)
+is what lets the iterations reach the small-eigenvalue directions: on the benchmark's GPT-2 it
+halves the refit error of the chosen supports against ``rho = 2``.
 """
 
 from __future__ import annotations
@@ -152,7 +157,8 @@ def _soft(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
 
 
 def l1_support(H: torch.Tensor, W0: torch.Tensor, target: Target, *, pruned_rows: int,
-               rounds: int = 2, path_steps: int = 10, iterations: int = 30) -> torch.Tensor:
+               rounds: int = 2, path_steps: int = 10, iterations: int = 20,
+               adaptive: bool = True, rho: float = 0.002) -> torch.Tensor:
     """The support chosen by the weighted (and reweighted) l1 path (module docstring).
 
     Parameters
@@ -168,8 +174,12 @@ def l1_support(H: torch.Tensor, W0: torch.Tensor, target: Target, *, pruned_rows
         l1 solves: the first weighted by ``d``, each later one reweighted by the previous solution.
     path_steps : int, default 10
         Bisection steps on ``log lambda`` per round (every column at once).
-    iterations : int, default 30
+    iterations : int, default 20
         ADMM iterations per path step, warm-started from the previous step.
+    adaptive : bool, default True
+        First-round weights ``1 / (|u_0| + eps)``; False: 1 (the plain weighted lasso).
+    rho : float, default 0.002
+        ADMM's penalty parameter, relative to ``H_n``'s unit diagonal.
 
     Returns
     -------
@@ -186,7 +196,7 @@ def l1_support(H: torch.Tensor, W0: torch.Tensor, target: Target, *, pruned_rows
     Hn.diagonal().copy_(torch.where(alive, torch.ones_like(d), torch.zeros_like(d)))
     U0 = safe[:, None] * W0
     values, vectors = torch.linalg.eigh(Hn)
-    rho = 2.0
+
     inverse = (vectors / (2.0 * values.clamp(min=0.0) + rho)) @ vectors.T
     drive = inverse @ (2.0 * Hn @ U0)
     # The iterations only rank entries: single precision halves their cost.
@@ -201,9 +211,13 @@ def l1_support(H: torch.Tensor, W0: torch.Tensor, target: Target, *, pruned_rows
     X, Z = U0.to(torch.float32), U0.to(torch.float32)
     Y = torch.zeros_like(X)
     for round_index in range(rounds):
-        if round_index:
-            scale = Z[:N].abs().sum(0, keepdim=True) / max(wanted, 1)
-            omega[:N] = 1.0 / (Z[:N].abs() + 0.1 * scale + 1e-30)
+        if round_index or adaptive:
+            previous = Z[:N].abs() if round_index else U0[:N].abs().to(torch.float32)
+            if target.n is not None:
+                # entries the pattern would drop get the heaviest weights in the next round
+                previous = previous * select(previous, target)
+            scale = previous.sum(0, keepdim=True) / max(wanted, 1)
+            omega[:N] = 1.0 / (previous + 0.1 * scale + 1e-30)
             omega[:N] = omega[:N] / omega[:N].mean(0, keepdim=True)
         reach = (2.0 * Hn @ U0).abs()[:N].to(torch.float32) / omega[:N].clamp(min=1e-30)
         high = reach.max(0).values.clamp(min=1e-30)

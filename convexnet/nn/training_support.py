@@ -53,13 +53,23 @@ def check_layer(label: str, module, *, allow_pruned: bool = False) -> None:
         raise InvalidInputError(
             f"{label} is pruned or parametrized (its weight is computed, e.g. weight_orig * "
             "weight_mask); make it plain first with torch.nn.utils.prune.remove(module, 'weight').")
-    weight = module.weight_orig if hasattr(module, "weight_orig") else module.weight
+    weight = adapter_for(module).parameter(adapter_for(module).weight_name)
     if weight.is_meta:
         raise InvalidInputError(
             f"{label} is on the meta device and holds no values; materialize the model first, "
             "e.g. model.to_empty(device='cpu') followed by model.load_state_dict(weights).")
     if not weight.is_floating_point():
         raise InvalidInputError(f"{label} has a {weight.dtype} weight; it must be floating point.")
+
+
+def tensors(module) -> tuple:
+    """``(weight, bias)``: the parameters the layer's adapter reads and writes (bias may be None).
+
+    ``in_proj_weight`` / ``in_proj_bias`` for a ``MultiheadAttention``, ``weight`` / ``bias``
+    otherwise.
+    """
+    layer = adapter_for(module)
+    return getattr(module, layer.weight_name), getattr(module, layer.bias_name)
 
 
 def check_optimizer(optimizer) -> None:
@@ -83,7 +93,7 @@ def check_unique(label: str, modules: list) -> None:
     """No module, and no weight tensor (tied layers), may appear twice."""
     seen: dict[int, int] = {}
     for index, module in enumerate(modules):
-        for key in (id(module), id(module.weight)):
+        for key in (id(module), id(tensors(module)[0])):
             if key in seen and seen[key] != index:
                 raise InvalidInputError(
                     f"{label} lists the same layer (or two layers sharing one weight) twice, at "
@@ -151,13 +161,13 @@ def check_constraints(optimizer, constraints) -> list[Constraint]:
             raise InvalidInputError(f"{label} must be a (module, set) pair; got {pair!r}.")
         module, constraint_set = pair
         check_layer(f"{label}[0]", module)
-        if not optimized(optimizer, module.weight):
+        if not optimized(optimizer, tensors(module)[0]):
             raise InvalidInputError(
                 f"{label}[0]: the layer's weight is not among the optimizer's parameters; build "
                 "the optimizer over the model's parameters (model.parameters()).")
         layer = adapter_for(module)
         _check_set(f"{label}[1]", constraint_set, layer)
-        checked.append(Constraint(label, layer, module.weight, module.bias, constraint_set))
+        checked.append(Constraint(label, layer, *tensors(module), constraint_set))
     check_unique("constraints", [c.module for c in checked])
     return checked
 

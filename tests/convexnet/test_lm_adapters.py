@@ -129,3 +129,27 @@ def test_convexnet_nn_works_without_transformers():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["16", "False"]
+
+
+def test_training_projects_gpt2_and_attention_layers_through_the_same_adapters():
+    """ProjectedOptimizer keeps a transformers Conv1D and a MultiheadAttention's packed in_proj
+    in an l1,inf ball: the design matrix ``[W; b]`` (each output's incoming weights) is what is
+    projected."""
+    from convexnet import sets, training
+
+    torch.manual_seed(2)
+    conv = Conv1D(6, 4).double()
+    mha = torch.nn.MultiheadAttention(4, 2, batch_first=True).double()
+    radius = 0.5
+    optimizer = training.ProjectedOptimizer(
+        torch.optim.SGD([*conv.parameters(), *mha.parameters()], lr=0.1),
+        [(conv, sets.L1InfBall(radius)), (mha, sets.L1InfBall(radius))])
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    loss = conv(x).pow(2).sum() + mha(x, x, x, need_weights=False)[0].pow(2).sum()
+    loss.backward()
+    optimizer.step()
+    for module in (conv, mha):
+        matrix = training.design_matrix(module)
+        assert float(matrix.abs().sum(0).max()) <= radius * (1 + 1e-9)
+    assert training.design_matrix(conv).shape == (5, 6)
+    assert training.design_matrix(mha).shape == (5, 12)
