@@ -1,14 +1,27 @@
-"""convexnet for ``torch.nn`` models: Net-Trim on a model in place, and the layer adapters it uses.
+"""convexnet for ``torch.nn`` models: pruning in place (Net-Trim, or a sparsity target with a certified
+exact refit), and the layer adapters it uses.
 
-``import convexnet.nn`` loads torch (``import convexnet`` alone does not). The entry point is
-:func:`trim`, which returns a :class:`TrimReport` (one :class:`LayerReport` per layer). The modules:
+``import convexnet.nn`` loads torch (``import convexnet`` alone does not), never ``transformers``.
+The entry points are :func:`trim` and :func:`refit`, which return a :class:`TrimReport` (one
+:class:`LayerReport` per layer). The modules:
 
 :mod:`convexnet.nn.layers`
     the layer adapters: a module's ``[W; b]`` matrix, read and written back, its groups, and its
-    activations as sample rows (``Linear``, ``Conv1d``, ``Conv2d``, ``Conv3d``); used by trim,
-    the writer and :mod:`convexnet.training`.
+    activations as sample rows (``Linear``, ``Conv1d``, ``Conv2d``, ``Conv3d``, ``transformers``'
+    ``Conv1D``); used by trim, the writer and :mod:`convexnet.training`.
+:mod:`convexnet.nn.attention`
+    ``nn.MultiheadAttention`` as two layers: the packed ``in_proj_weight`` and ``out_proj``.
 :mod:`convexnet.nn.trimming`
-    :func:`trim`: the model's side of the network loop (:mod:`convexnet.programs.cascade`).
+    :func:`trim` and :func:`refit`; Net-Trim is the model's side of the network loop
+    (:mod:`convexnet.programs.cascade`).
+:mod:`convexnet.nn.pruning`
+    targets and refits: layer after layer on streamed Gram statistics, written all or nothing.
+:mod:`convexnet.nn.targets`
+    ``sparsity=`` / ``pattern=`` targets and the convex (reweighted l1) choice of a support.
+:mod:`convexnet.nn.least_squares`
+    the exact refit on a fixed support, batched from ``H = X^T X``, and its certificate.
+:mod:`convexnet.nn.blocks`
+    Gram statistics from whole-model passes or one repeated block at a time.
 :mod:`convexnet.nn.report`
     :class:`TrimReport` and :class:`LayerReport`.
 :mod:`convexnet.nn.capture`

@@ -266,13 +266,8 @@ def build():
 '''
 
 
-@pytest.mark.parametrize("target", [["--sparsity", "0.5"], ["--pattern", "2:4"]])
-def test_prune_a_gpt2_state_dict_on_a_text_file_prints_a_line_per_block(tmp_path, monkeypatch,
-                                                                       capsys, target):
-    pytest.importorskip("transformers")
-    pytest.importorskip("safetensors")
-    from safetensors.torch import save_file
-
+def gpt2_arch(tmp_path, monkeypatch):
+    """The architecture module, importable from a folder put on sys.path (not the current one)."""
     monkeypatch.chdir(tmp_path)
     arch = tmp_path / "arch"
     arch.mkdir()
@@ -280,6 +275,17 @@ def test_prune_a_gpt2_state_dict_on_a_text_file_prints_a_line_per_block(tmp_path
     monkeypatch.syspath_prepend(str(arch))
     import tiny_gpt2_arch
 
+    return tiny_gpt2_arch
+
+
+@pytest.mark.parametrize("target", [["--sparsity", "0.5"], ["--pattern", "2:4"]])
+def test_prune_a_gpt2_state_dict_on_a_text_file_prints_a_line_per_block(tmp_path, monkeypatch,
+                                                                       capsys, target):
+    pytest.importorskip("transformers")
+    pytest.importorskip("safetensors")
+    from safetensors.torch import save_file
+
+    tiny_gpt2_arch = gpt2_arch(tmp_path, monkeypatch)
     torch.manual_seed(0)
     model = tiny_gpt2_arch.build()
     save_file({key: value.clone() for key, value in model.state_dict().items()}, "gpt2.safetensors")
@@ -305,13 +311,7 @@ def test_prune_a_gpt2_state_dict_on_a_text_file_prints_a_line_per_block(tmp_path
 def test_prune_with_a_target_refuses_bad_options_before_writing(tmp_path, monkeypatch, capsys,
                                                                  argv, words):
     pytest.importorskip("transformers")
-    monkeypatch.chdir(tmp_path)
-    arch = tmp_path / "arch"
-    arch.mkdir()
-    (arch / "tiny_gpt2_arch.py").write_text(GPT2_ARCH)
-    monkeypatch.syspath_prepend(str(arch))
-    import tiny_gpt2_arch
-
+    tiny_gpt2_arch = gpt2_arch(tmp_path, monkeypatch)
     torch.save(tiny_gpt2_arch.build().state_dict(), "gpt2.pt")
     Path("calibration.txt").write_text("x = 1\n" * 40)
     assert cli.main(["prune", "gpt2.pt", "--arch", "tiny_gpt2_arch:build", "--calibration",
