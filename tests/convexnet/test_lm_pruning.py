@@ -21,7 +21,8 @@ from convexnet.nn.layers import model_adapters  # noqa: E402
 def gpt2(layers=2, seed=0, embed=16):
     torch.manual_seed(seed)
     config = transformers.GPT2Config(vocab_size=64, n_positions=16, n_embd=embed, n_layer=layers,
-                                     n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                     n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                     bos_token_id=0, eos_token_id=0)
     return transformers.GPT2LMHeadModel(config).double().eval()
 
 
@@ -226,3 +227,28 @@ def test_a_failure_in_block_3_leaves_the_model_as_it_was():
         trim(model, tokens(), sparsity=0.5, support=support)
     assert any(name.startswith("transformer.h.2.") for name in seen)
     assert unchanged(model, before)
+
+
+def test_block_by_block_runs_the_whole_model_once_on_the_first_batch_only():
+    """The calibration streams through one block at a time: past the first batch (the check that
+    each block's output is the next one's input), the head never runs, and block b + 1 only runs
+    once block b's layers are written."""
+    model = gpt2(layers=2)
+    batches = [tokens((3, 16), seed=seed) for seed in range(4)]
+    calls, events = {"lm_head": 0}, []
+    model.lm_head.register_forward_hook(lambda *args: calls.__setitem__("lm_head",
+                                                                        calls["lm_head"] + 1))
+    for index, block in enumerate(model.transformer.h):
+        block.register_forward_pre_hook(lambda module, args, index=index: events.append(index))
+    report = trim(model, batches, sparsity=0.5,
+                  progress=lambda i, n, row: events.append(("written", row.name)))
+    assert calls["lm_head"] == 2              # the check pass and the order pass, first batch only
+    first_write = next(i for i, event in enumerate(events) if isinstance(event, tuple))
+    assert events[:first_write].count(1) == 2     # block 1 ran in those two passes only
+    block0_done = events.index(("written", "transformer.h.0.mlp.c_proj"))
+    assert 1 not in events[first_write:block0_done]
+    # then pruned block 0 runs once more (its outputs are block 1's inputs), and block 1 alone
+    advance = block0_done + 1 + len(batches)
+    assert events[block0_done + 1:advance] == [0] * len(batches) and 0 not in events[advance:]
+    assert events[advance:].count(1) == 4 * len(batches)          # one pass per layer of block 1
+    assert report.mode == "blockwise"
