@@ -61,7 +61,8 @@ HOST_NUMPY = True
 
 def numpy_on_cpu(kernel):
     """Run ``kernel(x, **parameters)`` on a numpy view of a float32/float64 CPU tensor ``x`` and return
-    the result as a tensor sharing the numpy result's memory (no copy either way). Other inputs
+    the result as a tensor sharing the numpy result's memory (no copy either way, but for a tensor
+    with a lazy negation or conjugation, which is resolved first). Other inputs
     (numpy arrays, GPU tensors, other dtypes, or any tensor when ``HOST_NUMPY`` is False) go to the
     kernel unchanged."""
     @functools.wraps(kernel)
@@ -70,7 +71,8 @@ def numpy_on_cpu(kernel):
             torch = sys.modules["torch"]
             x = as_floating(x)
             if x.dtype in (torch.float32, torch.float64):
-                return torch.from_numpy(np.ascontiguousarray(kernel(x.resolve_conj().numpy(), **parameters)))
+                host = x.resolve_conj().resolve_neg().numpy()
+                return torch.from_numpy(np.ascontiguousarray(kernel(host, **parameters)))
         return kernel(x, **parameters)
     return run
 

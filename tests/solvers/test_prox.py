@@ -317,6 +317,19 @@ def test_l1_edge_shapes_and_bad_parameters():
         project_l1_ball(np.ones(3), radius=1.0, axis=1)
 
 
+def test_cpu_tensors_of_every_kind_take_the_numpy_form():
+    """Lazily negated, integer and half tensors: the numpy form where numpy can read the tensor,
+    the torch form otherwise; the same answers, of the tensor's own kind."""
+    x = torch.tensor([3.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    expected = torch.tensor(l1_reference(-x.numpy(), 2.0))
+    torch.testing.assert_close(project_l1_ball(torch._neg_view(x), radius=2.0), expected)
+    integer = project_l1_ball(torch.tensor([3, -1, 0, 2]), radius=2.0)
+    assert integer.dtype == torch.get_default_dtype()
+    half = project_l1_ball(x.to(torch.float16), radius=2.0)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.double(), -expected, atol=2e-3, rtol=0)
+
+
 def test_l1_torch_keeps_gradients_out():
     x = torch.randn(20, requires_grad=True)
     out = project_l1_ball(x, radius=1.0)
