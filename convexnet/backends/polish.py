@@ -110,6 +110,64 @@ class _Column:
         return w, solution[size:]
 
 
+    def affine(self, S, signs, K):
+        """The restricted solution as a function of ``t = 1 / (2 nu)``: ``(w0, w1, m0, m1)`` with
+        ``w(nu) = w0 + t w1`` and ``mu(nu) = (m0 + t m1) / t``, from one factorization, or None.
+
+        Dividing the first block row of the system by ``2 nu`` and writing ``mu = 2 nu mu'`` gives
+        ``[[G, B^T], [B, 0]] [w; mu'] = [A^T y; v] + t [-c s; 0]`` with ``G = A_S^T A_S``: the
+        right-hand side, hence the solution, is affine in ``t``.
+        """
+        A_S, B_KS = self.A[:, S], self.B[K][:, S]
+        size, k = S.sum(), K.sum()
+        matrix = np.zeros((size + k, size + k))
+        matrix[:size, :size] = A_S.T @ A_S
+        matrix[:size, size:] = B_KS.T
+        matrix[size:, :size] = B_KS
+        rhs = np.zeros((size + k, 2))
+        rhs[:size, 0] = A_S.T @ self.y
+        rhs[size:, 0] = self.v[K]
+        rhs[:size, 1] = -self.weights[S] * signs[S]
+        try:
+            solution = np.linalg.solve(matrix, rhs)
+        except np.linalg.LinAlgError:
+            return None
+        if not np.all(np.isfinite(solution)):
+            return None
+        mismatch = np.abs(matrix @ solution - rhs).max(initial=0.0)
+        magnitude = (np.abs(matrix).max(initial=0.0) * np.abs(solution).max(initial=0.0)
+                     + np.abs(rhs).max(initial=0.0))
+        if mismatch > SYSTEM_TOL * max(magnitude, 1e-300):
+            return None
+        w = np.zeros((self.weights.shape[0], 2))
+        w[S] = solution[:size]
+        return w[:, 0], w[:, 1], solution[size:, 0], solution[size:, 1]
+
+
+def _closed_form_multiplier(columns, sets, budget: float):
+    """``nu`` with ``||r(nu)|| = budget`` for fixed active sets, exactly: ``r = r0 + t r1`` with
+    ``t = 1 / (2 nu)`` (:meth:`_Column.affine`), so ``||r||^2`` is a quadratic in ``t`` whose
+    positive root is taken. Returns ``(nu, [(w, mu)])`` or None (a singular system, no root)."""
+    parts, a, b, c = [], 0.0, 0.0, 0.0
+    for column, (S, signs, K) in zip(columns, sets):
+        found = column.affine(S, signs, K)
+        if found is None:
+            return None
+        w0, w1, m0, m1 = found
+        r0, r1 = column.A @ w0 - column.y, column.A @ w1
+        a, b, c = a + float(r1 @ r1), b + float(r0 @ r1), c + float(r0 @ r0)
+        parts.append(found)
+    target = budget * budget
+    discriminant = b * b - a * (c - target)
+    if a <= 0 or discriminant < 0 or budget <= 0:
+        return None
+    t = (-b + np.sqrt(discriminant)) / a
+    if not t > 0:
+        return None
+    outputs = [(w0 + t * w1, (m0 + t * m1) / t) for w0, w1, m0, m1 in parts]
+    return 1.0 / (2.0 * t), outputs
+
+
 def _multiplier_search(evaluate, budget: float, start: float):
     """``nu > 0`` with ``evaluate(nu) = ||r(nu)|| = budget`` (nonincreasing in nu), by regula falsi
     on ``log nu`` in a bracket grown by factors of 4; None when no bracket is found."""
@@ -316,6 +374,24 @@ def _budget_rounds(columns, sets, budget, start, weights, scale):
     sets = list(sets)
     nu = start
     for _ in range(ROUNDS):
+        closed = _closed_form_multiplier(columns, sets, budget)
+        if closed is not None:
+            nu, solved = closed
+            outputs, passed = [], True
+            for index, (column, (S, signs, K)) in enumerate(zip(columns, sets)):
+                w, mu = solved[index]
+                if _check(column, w, mu, S, signs, K, nu, weights, scale)[0]:
+                    outputs.append((w, mu, (S, signs, K)))
+                    continue
+                passed = False
+                found = _active_set(column, sets[index], nu, weights, scale)
+                if found is None:
+                    return None
+                sets[index] = found[2]
+            if passed:
+                return nu, outputs
+            continue
+
         def norm(trial, sets=tuple(sets)):
             total = 0.0
             for column, (S, signs, K) in zip(columns, sets):
