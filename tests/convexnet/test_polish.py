@@ -99,3 +99,30 @@ def test_columns_solved_again_on_their_support_match_clarabel():
     wrong = np.zeros_like(rough.W_design)
     wrong[0, 0] = 1.0
     assert not restricted(problem.program, wrong, np.zeros_like(rough.dual), [0], margin=2.0).columns[0]
+
+
+def test_the_closed_form_multiplier_meets_the_budget_and_agrees_with_the_root_search():
+    """For fixed active sets the budget's multiplier is the root of a quadratic; the result must
+    put the residual exactly on the budget, as the (independent) safeguarded root search does."""
+    from convexnet.backends import polish as pl
+
+    X, Y = relu_layer(200, 40, 1, seed=7)
+    problem = cn.NetTrimProblem(X, Y, rel_epsilon=0.05)
+    reference = problem.solve("clarabel", sparsest=False)
+    program = problem.program
+    fit, below = program.fits
+    column = pl._Column(X, fit.mask[:, 0], fit.target[:, 0], below.mask[:, 0], below.target[:, 0],
+                        np.ones(X.shape[1]))
+    w = reference.W_design[:, 0]
+    S, signs = w != 0, np.sign(w)
+    K = column.B @ w >= column.v - 1e-7 * program.output_scale
+    budget = float(fit.epsilon)
+    nu, ((w_closed, _),) = pl._closed_form_multiplier([column], [(S, signs, K)], budget)
+
+    def norm(trial):
+        return float(np.linalg.norm(column.A @ column.solve(S, signs, K, trial)[0] - column.y))
+
+    nu_search = pl._multiplier_search(norm, budget, 1.0)
+    assert np.linalg.norm(column.A @ w_closed - column.y) == pytest.approx(budget, rel=1e-10)
+    assert nu == pytest.approx(nu_search, rel=1e-8)
+    np.testing.assert_allclose(w_closed, w, atol=1e-5 * np.abs(w).max())  # Clarabel: ~1e-6
