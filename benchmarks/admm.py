@@ -1,45 +1,50 @@
-"""Batched graph-form ADMM against Clarabel (through CVXPY), side by side, on Net-Trim layers.
+"""ADMM (without and with polish) against Clarabel, side by side in one process, on four Net-Trim layers.
 
-Three cases (issue 4):
+The cases of issue 13:
 
-1. ``layer``: a layer shaped like paper 004's NN2-10K first layer (P=10000 samples, N=784, M=300) on the
-   CPU, in the constrained form with per-column budgets and in the regularized form. ADMM solves the
-   whole layer; Clarabel solves a few sampled columns, whose median time is extrapolated to M columns.
-   Target: ADMM at least 100x faster, at the same accuracy (objective and violation printed side by
-   side on the sampled columns).
-2. ``spirals``: the spirals demo's 200 x 200 hidden layer (P=200, N=200, M=200), coupled budget.
-   Target: ADMM under 1 s. Clarabel on the whole coupled layer, within a time limit.
-3. ``gpu``: N=1568, M=512, P=60000 on CUDA to 1e-4. Target: under 10 s. Skipped without CUDA.
+a. ``spirals``: the trained spirals network's 200 x 200 hidden layer, one budget for the layer
+   (rel_epsilon 0.03, coupled columns). Clarabel solves it whole.
+b. ``layer``: 784 x 300 from P = 10000 ReLU samples, per-column budgets (rel_epsilon 0.05). The peer,
+   Net-Trim's original constrained ADMM (``benchmarks/nettrim_admm_peer.py``), runs here too.
+c. ``cascade``: a cascade 300 x 300 ReLU layer: the second hidden layer of a 784-300-300-10 network
+   trained on the digits upscaled to 28 x 28, whose input is the pruned first layer's output
+   (thresholds and budgets of paper 004's eq. 7, per column), P = 4000.
+d. ``gram``: a linear 1024 x 1024 layer from P = 100000 samples, streamed into ``cn.GramData`` in
+   batches of 5000 and solved in Gram form (per-column budgets); the peak memory of the solve is
+   printed against the size of ``H``.
 
-The data have the statistics of ReLU activations: ``X = relu(G @ R / sqrt(N))`` with Gaussian ``G`` and
-``R`` (nonnegative, about half zeros) and targets ``Y = relu(X @ W0)`` with Gaussian ``W0 / sqrt(N)``.
-Each layer is a ``cn.NetTrimProblem``; ADMM solves its ``to_graph_form()`` directly
-(``solvers.admm.solve_graph_form``: no cleaning, no certificate), and Clarabel a CVXPY statement written
-from the same data. Both are judged by the graph form's ``objective`` and ``violation``.
+Every row: wall time, status, relative duality gap and violation of the certificate at the
+interior-point tolerances (1e-6), the share of zeros, and its difference to Clarabel's on the columns
+Clarabel solved. Where Clarabel would take hours (b-d) it solves ``--clarabel-columns`` sampled
+columns, and its time is the median per column times M ("extrapolated"). ADMM runs through the
+library (``NetTrimProblem.solve("admm", solver_options={"polish": ...})``), and ``auto`` is the
+default policy (ADMM + polish, Clarabel per column where ADMM does not certify).
 
-Run ``python benchmarks/admm.py`` for everything, ``--case layer --samples 2000 --features 196
---columns 40`` for a quick run. Case 2 times one and two torch threads side by side (small matrices
-can lose more to thread synchronization than they gain). The machine's load average is printed: the
-dev box is shared.
+    python benchmarks/admm.py [--case a b c d gpu] [--clarabel-columns 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
-import cvxpy as cp
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import convexnet as cn  # noqa: E402
+import nettrim_admm_peer as peer  # noqa: E402
 from solvers.admm import solve_graph_form  # noqa: E402
+
+TOL = {"gap_tol": 1e-6, "feas_tol": 1e-6}
 
 
 def relu_layer(P: int, N: int, M: int, seed: int = 0):
@@ -50,134 +55,222 @@ def relu_layer(P: int, N: int, M: int, seed: int = 0):
     return X, Y
 
 
-def column_problems(X, Y, *, rel_epsilon: float, lam: float) -> dict[str, cn.NetTrimProblem]:
-    """The two column-separable Net-Trim forms: per-column budgets and the regularized form.
+class PeakMemory:
+    """The peak resident set size over a block, sampled every 2 ms from /proc (Linux)."""
 
-    Omega is ``Y > 0`` and ``Z <= 0`` off it (the problem's defaults); ADMM gets each one's
-    ``to_graph_form()``.
-    """
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    def _watch(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    @property
+    def grown(self) -> int:
+        return self.peak - self.base
+
+
+def timed(problem, backend, options=None):
+    start = time.perf_counter()
+    result = problem.solve(backend, solver_options=options)
+    return result, time.perf_counter() - start
+
+
+def judged(result):
+    """The certificate at the interior-point tolerances, whatever the backend's own."""
+    report = cn.certificates.verify(result, **TOL)
+    return report.relative_gap, report.primal_violation, report.ok
+
+
+def row(label, result, seconds, zeros_reference=None, columns=None, note=""):
+    gap, violation, ok = judged(result)
+    W = result.W_design if columns is None else result.W_design[:, columns]
+    zeros = 1.0 - np.count_nonzero(W) / W.size
+    difference = "" if zeros_reference is None else f"{100 * (zeros - zeros_reference):+.1f} pp"
+    polished = result.info.get("polished")
+    polished = "" if polished is None else f"{int(np.sum(polished))}/{len(polished)}"
+    line = (f"| {label} | {seconds:.2f}{note} | {result.status} | {gap:.1e} | {violation:.1e} | "
+            f"{'yes' if ok else 'no'} | {polished} | {100 * zeros:.1f}% | {difference} |")
+    print(line, flush=True)
+    return line
+
+
+HEADER = ["| solver | time (s) | status | rel. gap | violation | certified at 1e-6 | polished columns "
+          "| zeros | zeros vs Clarabel |", "|---|---|---|---|---|---|---|---|---|"]
+
+
+def admm_rows(problem, zeros_reference=None, columns=None, threads=None):
+    lines = []
+    extra = {} if threads is None else {"threads": threads}
+    for label, options in (("ADMM, no polish", {"polish": False, **extra}),
+                           ("ADMM + polish", {"polish": True, **extra})):
+        result, seconds = timed(problem, "admm", options)
+        lines.append(row(label, result, seconds, zeros_reference, columns))
+    result, seconds = timed(problem, "auto", {"admm": extra} if extra else None)
+    lines.append(row(f"auto ({result.backend})", result, seconds, zeros_reference, columns))
+    return lines
+
+
+def sampled_clarabel(make, M, count, seed):
+    """Clarabel on ``count`` sampled columns: (columns, per-column median seconds, their zeros, rows)."""
+    columns = np.sort(np.random.default_rng(seed).choice(M, size=count, replace=False))
+    seconds, zeros, statuses, gaps = [], [], [], []
+    for m in columns:
+        result, elapsed = timed(make([m]), "clarabel")
+        seconds.append(elapsed)
+        zeros.append(1.0 - np.count_nonzero(result.W_design) / result.W_design.size)
+        statuses.append(result.status)
+        gaps.append(judged(result)[0])
+    median = statistics.median(seconds)
+    line = (f"| Clarabel, {count} sampled columns (median {median:.2f} s each) | {median * M:.0f} "
+            f"(extrapolated) | {'/'.join(sorted(set(statuses)))} | {max(gaps):.1e} | | | | "
+            f"{100 * np.mean(zeros):.1f}% | |")
+    print(line, flush=True)
+    return columns, median * M, float(np.mean(zeros)), line
+
+
+# ---------------------------------------------------------------------------------------- cases
+def case_a(args) -> list[str]:
+    from polish import hidden_layer
+
+    X, Y = hidden_layer(args.seed)
+    problem = cn.NetTrimProblem(X, Y, bias=True, rel_epsilon=0.03)
+    lines = ["### (a) trained spirals hidden layer, 200 x 200 (+ bias), P = 200, one budget "
+             "(rel_epsilon 0.03)", ""] + HEADER
+    reference, seconds = timed(problem, "clarabel")
+    zeros = 1.0 - np.count_nonzero(reference.W_design) / reference.W_design.size
+    lines.append(row("Clarabel (whole layer)", reference, seconds))
+    lines += admm_rows(problem, zeros)
+    result, seconds = timed(problem, "admm", {"polish": True, "threads": 2})
+    lines.append(row("ADMM + polish, 2 torch threads", result, seconds, zeros))
+    return lines
+
+
+def case_b(args) -> list[str]:
+    P, N, M = 10000, 784, 300
+    X, Y = relu_layer(P, N, M, seed=args.seed)
+    budgets = 0.05 * np.linalg.norm(Y, axis=0)
+    problem = cn.NetTrimProblem(X, Y, epsilon=budgets, split_budget=True)
+    lines = [f"### (b) layer {N} x {M}, P = {P}, per-column budgets (rel_epsilon 0.05)", ""] + HEADER
+
+    def make(columns):
+        return cn.NetTrimProblem(X, Y[:, columns], epsilon=budgets[columns], split_budget=True)
+
+    columns, _, zeros, line = sampled_clarabel(make, M, args.clarabel_columns, args.seed)
+    lines.append(line)
+    lines += admm_rows(problem, zeros, columns)
+    out = peer.solve(X, Y, budgets, iterations=args.peer_iterations)
+    Q = out.Q
+    line = (f"| peer: Net-Trim's ADMM (rho 1, {out.iterations} iterations, stop on weight change "
+            f"1e-4) | {out.seconds:.2f} | budget violation {out.budget_violation:.1e}, inequality "
+            f"violation {out.inequality_violation:.1e} | | | no | | "
+            f"{100 * (1 - np.count_nonzero(Q) / Q.size):.1f}% | "
+            f"{100 * ((1 - np.count_nonzero(Q[:, columns]) / Q[:, columns].size) - zeros):+.1f} pp |")
+    print(line, flush=True)
+    lines.append(line)
+    return lines
+
+
+def cascade_layer(seed: int, calibration: int = 4000, rel_epsilon: float = 0.02):
+    """The cascade program of the second hidden layer of a 784-300-300-10 digits network."""
+    from digits_table1 import upscaled_digits, train, network784
+
+    data = upscaled_digits(seed, calibration)
+    model = network784()
+    train(model, data[0], data[2], epochs=30, lr=1e-3, seed=seed)
+    X0 = data[0][:calibration].astype(np.float64)
+    first, second = model[0], model[2]
+    W1, b1 = first.weight.detach().double().numpy().T, first.bias.detach().double().numpy()
+    W2, b2 = second.weight.detach().double().numpy().T, second.bias.detach().double().numpy()
+    X1 = np.maximum(X0 @ W1 + b1, 0.0)
+    layer1 = cn.NetTrimProblem(X0, X1, bias=True, rel_epsilon=rel_epsilon, split_budget=True)
+    pruned = layer1.solve("auto")
+    Xhat = np.maximum(X0 @ pruned.W + pruned.b, 0.0)
+    Y = np.maximum(X1 @ W2 + b2, 0.0)
+    V = Xhat @ W2 + b2
+    budgets = np.sqrt(np.sum(np.where(Y > 0, V - Y, 0.0) ** 2, axis=0))
+    return Xhat, Y, V, budgets
+
+
+def case_c(args) -> list[str]:
+    Xhat, Y, V, budgets = cascade_layer(args.seed)
+    M = Y.shape[1]
+    problem = cn.NetTrimProblem(Xhat, Y, V=V, bias=True, epsilon=budgets, split_budget=True)
+    lines = [f"### (c) cascade ReLU layer 300 x 300 (+ bias), P = {Xhat.shape[0]}, eq. 7 budgets "
+             "per column (digits 784-300-300-10, first layer pruned at rel_epsilon 0.02)", ""] + HEADER
+
+    def make(columns):
+        return cn.NetTrimProblem(Xhat, Y[:, columns], V=V[:, columns], bias=True,
+                                 epsilon=budgets[columns], split_budget=True)
+
+    columns, _, zeros, line = sampled_clarabel(make, M, args.clarabel_columns, args.seed)
+    lines.append(line)
+    lines += admm_rows(problem, zeros, columns)
+    return lines
+
+
+def gram_layer(P: int, N: int, M: int, seed: int, batch: int = 5000):
+    """A linear layer's statistics from a stream: correlated inputs, Y = X W0 + noise."""
+    rng = np.random.default_rng(seed)
+    mixing = rng.standard_normal((N, N)) / np.sqrt(N)
+    W0 = rng.standard_normal((N, M)) / np.sqrt(N)
+
+    def batches():
+        for _ in range(P // batch):
+            X = rng.standard_normal((batch, N)) @ mixing
+            yield X, X @ W0 + 0.3 * rng.standard_normal((batch, M))
+
+    return cn.GramData.from_batches(batches())
+
+
+def case_d(args) -> list[str]:
+    P, N, M = args.gram_samples, 1024, 1024
+    start = time.perf_counter()
+    gram = gram_layer(P, N, M, args.seed)
+    stream_time = time.perf_counter() - start
+    budgets = 0.4 * np.sqrt(gram.y_squares)
+    problem = cn.NetTrimProblem.from_gram(gram, epsilon=budgets, split_budget=True)
+    H_bytes = gram.H.nbytes
+    lines = [f"### (d) linear layer {N} x {M} from P = {P} samples in Gram form, per-column budgets "
+             f"(rel_epsilon 0.4; statistics streamed in {stream_time:.1f} s)", ""] + HEADER
+
+    def make(columns):
+        sub = cn.GramData(gram.H, gram.XtY[:, columns], gram.y_squares[columns], gram.n,
+                          gram.x_sum, gram.y_sum[columns])
+        return cn.NetTrimProblem.from_gram(sub, epsilon=budgets[columns], split_budget=True)
+
+    columns, _, zeros, line = sampled_clarabel(make, M, args.clarabel_columns, args.seed)
+    lines.append(line)
+    with PeakMemory() as memory:
+        result, seconds = timed(problem, "auto")
+    lines.append(row(f"auto ({result.backend})", result, seconds, zeros, columns))
+    lines.append("")
+    lines.append(f"Peak memory of the solve above what was held before it: {memory.grown / 2**20:.0f} MiB"
+                 f" = {memory.grown / H_bytes:.1f} x the {H_bytes / 2**20:.0f} MiB of H; the P x N "
+                 f"samples would take {P * N * 8 / 2**20:.0f} MiB.")
+    print(lines[-1], flush=True)
+    return lines
+
+
+def column_problems(X, Y, *, rel_epsilon: float, lam: float) -> dict[str, cn.NetTrimProblem]:
+    """The two column-separable Net-Trim forms: per-column budgets and the regularized form."""
     budgets = rel_epsilon * np.linalg.norm(Y, axis=0)
     return {"constrained (column budgets)": cn.NetTrimProblem(X, Y, epsilon=budgets),
             f"regularized (lam={lam:g})": cn.NetTrimProblem(X, Y, lam=lam)}
-
-
-def clarabel_program(problem: cn.NetTrimProblem, columns) -> tuple[cp.Problem, cp.Variable]:
-    """The layer's program restricted to ``columns``, as CVXPY states it (one block per column).
-
-    Written from the problem's data (``X_design``, ``Y``, ``active``, ``V``, its budgets or ``lam``),
-    not from its lowering, so that Clarabel's time is that of the plain statement.
-    """
-    X, Y, active, V = problem.X_design, problem.Y, problem.active, problem.V
-    W = cp.Variable((X.shape[1], len(columns)))
-    weights = np.outer(problem.penalty_weights, np.ones(len(columns)))
-    objective = cp.sum(cp.multiply(weights, cp.abs(W)))
-    constraints, residuals = [], []
-    for j, m in enumerate(columns):
-        on, off = active[:, m], ~active[:, m]
-        residual = X[on] @ W[:, j] - Y[on, m]
-        residuals.append(residual)
-        if problem.column_budgets is not None:
-            constraints.append(cp.norm(residual, 2) <= problem.column_budgets[m])
-        if off.any():
-            constraints.append(X[off] @ W[:, j] <= V[off, m])
-    if problem.form == "regularized":
-        objective = objective + problem.lam * cp.sum_squares(cp.hstack(residuals))
-    elif problem.column_budgets is None:
-        constraints.append(cp.norm(cp.hstack(residuals), 2) <= problem.epsilon)
-    return cp.Problem(cp.Minimize(objective), constraints), W
-
-
-def solve_clarabel(problem: cn.NetTrimProblem, columns, time_limit: float | None = None):
-    """Solve the program on ``columns`` with Clarabel; returns (W or None, seconds incl. compile, status)."""
-    start = time.perf_counter()
-    cvxpy_problem, W = clarabel_program(problem, columns)
-    options = {} if time_limit is None else {"time_limit": time_limit}
-    try:
-        cvxpy_problem.solve(solver=cp.CLARABEL, **options)
-    except cp.error.SolverError:
-        return None, time.perf_counter() - start, "solver_error"
-    return W.value, time.perf_counter() - start, cvxpy_problem.status
-
-
-def case_layer(args) -> list[str]:
-    P, N, M = args.samples, args.features, args.columns
-    X, Y = relu_layer(P, N, M, seed=args.seed)
-    lines = [f"### Case 1: layer P={P}, N={N}, M={M}, ADMM {args.dtype} on the CPU",
-             f"(active fraction {(Y > 0).mean():.2f}; Clarabel on {args.clarabel_columns} sampled "
-             f"columns, median time x {M})", ""]
-    header = ("| form | ADMM time (s) | ADMM status, iterations (median / max) | Clarabel time per "
-              "column (s, median) | Clarabel extrapolated (s) | speedup | objective rel. diff "
-              "(ADMM vs Clarabel, sampled columns) | violation ADMM / Clarabel |")
-    lines += [header, "|" + "---|" * 8]
-    sampled = np.random.default_rng(args.seed + 1).choice(M, size=args.clarabel_columns, replace=False)
-    for name, problem in column_problems(X, Y, rel_epsilon=args.rel_epsilon, lam=args.lam).items():
-        form = problem.to_graph_form()
-        admm_times, result = [], None
-        for _ in range(args.repeats):
-            result = solve_graph_form(form, dtype=args.dtype)
-            admm_times.append(result.setup_time + result.solve_time)
-        admm_time = statistics.median(admm_times)
-        clarabel_times, clarabel_W = [], []
-        for m in sampled:
-            W, seconds, status = solve_clarabel(problem, [m])
-            clarabel_times.append(seconds)
-            clarabel_W.append(W[:, 0] if W is not None else np.full(N, np.nan))
-            print(f"  clarabel column {m}: {seconds:.1f} s, {status}", flush=True)
-        clarabel_column = statistics.median(clarabel_times)
-        extrapolated = clarabel_column * M
-        # The sampled columns' own program (the forms are separable), to judge both solvers on it.
-        judged = problem.program.select_columns(sampled).to_graph_form()
-        admm_W = np.asarray(result.W, dtype=np.float64)
-        reference = np.stack(clarabel_W, axis=1)
-        admm_objective, clarabel_objective = judged.objective(admm_W[:, sampled]), judged.objective(reference)
-        # Violations on the whole layer's scale (a bound's part divides by the layer's max |Y|),
-        # with Clarabel's columns put in place of ADMM's.
-        with_reference = admm_W.copy()
-        with_reference[:, sampled] = reference
-        admm_violation = form.violation(admm_W, per_column=True)[sampled].max()
-        clarabel_violation = form.violation(with_reference, per_column=True)[sampled].max()
-        lines.append(
-            f"| {name} | {admm_time:.1f} | {result.status}, {np.median(result.iterations):.0f} / "
-            f"{result.iterations.max()} | {clarabel_column:.1f} | {extrapolated:.0f} | "
-            f"{extrapolated / admm_time:.0f}x | "
-            f"{(admm_objective - clarabel_objective) / clarabel_objective:+.1e} | "
-            f"{admm_violation:.1e} / {clarabel_violation:.1e} |")
-        print(lines[-1], flush=True)
-    return lines
-
-
-def case_spirals(args) -> list[str]:
-    P = N = M = 200
-    X, Y = relu_layer(P, N, M, seed=args.seed)
-    # One budget for the whole layer, rel_epsilon ||Y||_F: the columns are coupled.
-    problem = cn.NetTrimProblem(X, Y, rel_epsilon=args.rel_epsilon)
-    form = problem.to_graph_form()
-    # One and two torch threads, alternated in one run (a shared box's load moves over time).
-    times, result = {1: [], 2: []}, None
-    for _ in range(max(args.repeats, 7)):
-        for threads in times:
-            result = solve_graph_form(form, dtype=args.dtype, threads=threads)
-            times[threads].append(result.setup_time + result.solve_time)
-    admm_time = min(statistics.median(values) for values in times.values())
-    lines = [f"### Case 2: spirals-shaped hidden layer P=N=M=200, coupled budget, ADMM {args.dtype}", "",
-             "| solver | time (s) | status | objective | violation |", "|---|---|---|---|---|"]
-    for threads, values in times.items():
-        lines.append(f"| ADMM, {threads} thread(s) (median of {len(values)}, fastest "
-                     f"{min(values):.3f}) | {statistics.median(values):.3f} | {result.status}, "
-                     f"{result.iterations.max()} iterations | {result.objective:.6g} | "
-                     f"{result.violation:.1e} |")
-    print(lines[-1], flush=True)
-    W, seconds, status = solve_clarabel(problem, list(range(M)), time_limit=args.clarabel_limit)
-    if W is not None and status in ("optimal", "optimal_inaccurate"):
-        lines.append(f"| Clarabel, whole coupled layer | {seconds:.1f} | {status} | "
-                     f"{form.objective(W):.6g} | {form.violation(W):.1e} |")
-        lines.append("")
-        lines.append(f"Speedup {seconds / admm_time:.0f}x; objective rel. diff (ADMM vs Clarabel) "
-                     f"{(result.objective - form.objective(W)) / form.objective(W):+.1e}.")
-    else:
-        lines.append(f"| Clarabel, whole coupled layer | > {seconds:.0f} (limit) | {status} | | |")
-    print("\n".join(lines[-3:]), flush=True)
-    return lines
 
 
 def case_gpu(args) -> list[str]:
@@ -202,28 +295,21 @@ def case_gpu(args) -> list[str]:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--case", choices=("all", "layer", "spirals", "gpu"), default="all")
-    parser.add_argument("--samples", type=int, default=10000, help="P of case 1")
-    parser.add_argument("--features", type=int, default=784, help="N of case 1")
-    parser.add_argument("--columns", type=int, default=300, help="M of case 1")
-    parser.add_argument("--clarabel-columns", type=int, default=3, help="columns Clarabel solves (case 1)")
-    parser.add_argument("--clarabel-limit", type=float, default=120.0, help="seconds for Clarabel (case 2)")
-    parser.add_argument("--rel-epsilon", type=float, default=0.05)
-    parser.add_argument("--lam", type=float, default=0.1, help="weight of the regularized form")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--repeats", type=int, default=1, help="ADMM runs per form (median)")
+    parser.add_argument("--case", nargs="+", choices=("a", "b", "c", "d", "gpu"),
+                        default=["a", "b", "c", "d", "gpu"])
+    parser.add_argument("--clarabel-columns", type=int, default=3, help="sampled columns (b-d)")
+    parser.add_argument("--peer-iterations", type=int, default=500, help="the peer's iteration cap (b)")
+    parser.add_argument("--gram-samples", type=int, default=100_000, help="P of case d")
+    parser.add_argument("--rel-epsilon", type=float, default=0.05, help="budgets of the GPU case")
+    parser.add_argument("--lam", type=float, default=0.1, help="weight of the GPU case's regularized form")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's); one is faster for small layers")
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
-          f"{os.getloadavg()[0]:.1f} at start", flush=True)
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+          f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    runs = {"a": case_a, "b": case_b, "c": case_c, "d": case_d, "gpu": case_gpu}
     lines = []
-    for case, run in (("layer", case_layer), ("spirals", case_spirals), ("gpu", case_gpu)):
-        if args.case in ("all", case):
-            lines += run(args) + [""]
+    for case in args.case:
+        lines += runs[case](args) + [""]
     print(f"load average {os.getloadavg()[0]:.1f} at end\n")
     print("\n".join(lines))
 
