@@ -168,51 +168,38 @@ class BlockStream(ModelStream):
         return [chain[0], *recorded]
 
     def _check_chain(self, chain: list) -> None:
-        fastpath = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)
-        try:
-            with torch.no_grad():
-                for index in range(len(self.blocks) - 1):
-                    args, kwargs = chain[index]
-                    produced = _replace_hidden(args, kwargs, self.blocks[index](*args, **kwargs))
-                    expected = _hidden(*chain[index + 1])
-                    hidden = _hidden(*produced)
-                    if hidden.shape == expected.shape and torch.allclose(hidden, expected, rtol=1e-4,
-                                                                         atol=1e-5):
-                        continue
-                    raise InvalidInputError(
-                        f"block {index + 1}'s input is not block {index}'s output in this model "
-                        "(something runs between the repeated blocks); block-by-block calibration "
-                        "would not reproduce the model: pass blockwise=False.")
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
+        with torch.no_grad(), capture.no_fastpath():
+            for index in range(len(self.blocks) - 1):
+                args, kwargs = chain[index]
+                produced = _replace_hidden(args, kwargs, self.blocks[index](*args, **kwargs))
+                expected = _hidden(*chain[index + 1])
+                hidden = _hidden(*produced)
+                if hidden.shape == expected.shape and torch.allclose(hidden, expected, rtol=1e-4,
+                                                                     atol=1e-5):
+                    continue
+                raise InvalidInputError(
+                    f"block {index + 1}'s input is not block {index}'s output in this model "
+                    "(something runs between the repeated blocks); block-by-block calibration "
+                    "would not reproduce the model: pass blockwise=False.")
 
     def run(self, hooks: list) -> None:
         """Run the current block on its recorded inputs, with ``hooks`` attached."""
         block = self.blocks[self.index]
         handles = [module.register_forward_hook(hook, with_kwargs=True) for module, hook in hooks]
-        fastpath = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), capture.no_fastpath():
                 for args, kwargs in self.inputs:
                     block(*args, **kwargs)
         finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
             for handle in handles:
                 handle.remove()
 
     def advance(self) -> None:
         """Replace the recorded inputs by the current block's outputs; move to the next block."""
         block = self.blocks[self.index]
-        fastpath = torch.backends.mha.get_fastpath_enabled()
-        torch.backends.mha.set_fastpath_enabled(False)
-        try:
-            with torch.no_grad():
-                self.inputs = [_replace_hidden(args, kwargs, block(*args, **kwargs))
-                               for args, kwargs in self.inputs]
-        finally:
-            torch.backends.mha.set_fastpath_enabled(fastpath)
+        with torch.no_grad(), capture.no_fastpath():
+            self.inputs = [_replace_hidden(args, kwargs, block(*args, **kwargs))
+                           for args, kwargs in self.inputs]
         self.index += 1
 
 

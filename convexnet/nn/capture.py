@@ -11,6 +11,7 @@ measures it first). Layers with the same row count therefore keep the same rows.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 
@@ -21,7 +22,8 @@ from ..errors import InvalidInputError
 from .layers import as_numpy, describe_supported, model_adapters
 
 __all__ = ["find_layers", "detect_relu", "resolve_relu", "count_rows", "select_rows", "capture",
-           "working_copy", "run_model", "is_iterable", "layer_adapters", "model_options"]
+           "working_copy", "run_model", "is_iterable", "layer_adapters", "model_options",
+           "no_fastpath"]
 
 # Modules that are the identity at evaluation time: a ReLU after them still follows the layer.
 _TRANSPARENT = (torch.nn.Identity, torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d,
@@ -155,17 +157,25 @@ def run_model(model: torch.nn.Module, batches: list, hooks: list) -> None:
     submodules' calls (so their hooks) and the pruning hooks that refresh their weights.
     """
     handles = [module.register_forward_hook(hook, with_kwargs=True) for module, hook in hooks]
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
     options = model_options(model)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), no_fastpath():
             for batch in batches:
                 model(batch, **options)
     finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
         for handle in handles:
             handle.remove()
+
+
+@contextlib.contextmanager
+def no_fastpath():
+    """PyTorch's fused attention fast path off inside (put back as it was after)."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 def model_options(model: torch.nn.Module) -> dict:
