@@ -470,3 +470,33 @@ def test_nan_gradient_on_cuda_leaves_the_model_unchanged(kind):
     with pytest.raises(cn.InvalidInputError, match="0.bias|constraints"):
         wrapper.step()
     assert_bit_identical(model, before)
+
+
+def test_a_refit_failing_in_block_3_of_a_gpt2_leaves_it_as_it_was(monkeypatch):
+    """Issue 14: the convex support choice and refit run on a working copy; an exception in block
+    3's refit (the 13th layer of a 4-block GPT-2) leaves every tensor, hook and attribute as it was."""
+    transformers = pytest.importorskip("transformers")
+    from convexnet.nn import pruning
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=32, n_positions=8, n_embd=8, n_layer=4, n_head=2,
+                                     bos_token_id=0, eos_token_id=0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    before = snapshot(model)
+    calls = []
+    real = pruning.masked_refit
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 13:
+            raise RuntimeError("injected refit failure in block 3")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pruning, "masked_refit", failing)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.raises(RuntimeError, match="block 3"):
+            cnn.trim(model, torch.randint(0, 32, (4, 8)), pattern="2:4")
+    assert len(calls) == 13
+    assert_bit_identical(model, before)
+    assert not prune.is_pruned(model)
