@@ -39,6 +39,9 @@ __all__ = ["applies", "to_vertex"]
 
 #: Singular values below this fraction of the largest (rows scaled to unit norm) count as zero.
 RANK_TOL = 1e-10
+#: Steps between re-orthonormalizations of the null-space basis (each step is one reflection,
+#: which keeps it orthonormal up to round-off).
+REORTHONORMALIZE = 8
 #: Gram eigenvalues above this fraction of the largest prove full column rank (a tall system).
 SCREEN_TOL = 1e-12
 #: A column is kept if its fit outputs moved by at most this fraction of their size.
@@ -78,7 +81,8 @@ def _null_space(matrix: np.ndarray) -> np.ndarray:
         eigenvalues = np.linalg.eigvalsh(matrix.T @ matrix)
         if eigenvalues[0] > SCREEN_TOL * eigenvalues[-1]:
             return np.zeros((k, 0))
-    _, values, vt = np.linalg.svd(matrix, full_matrices=True)
+    # Vt is k x k either way; a full U (rows x rows) is only needed, and cheap, for a wide system.
+    _, values, vt = np.linalg.svd(matrix, full_matrices=matrix.shape[0] < k)
     rank = int(np.sum(values > RANK_TOL * max(values[0], 1e-300) * max(matrix.shape)))
     return vt[rank:].T
 
@@ -96,15 +100,14 @@ def _restrict(basis: np.ndarray, row: np.ndarray) -> np.ndarray:
     return reflected[:, 1:]
 
 
-def _column(w, fixed, below, bound, weights, scale):
-    """One column's vertex: ``w`` (N,) moved inside its optimal face, or None when it is one already.
+def _column(w, fixed, below, bound, weights, scale, norms):
+    """One column's vertex: ``w`` moved inside its optimal face, or None when it is one already.
 
-    The work is done in equilibrated coordinates ``u = w * n`` (``n`` the norms of ``X``'s columns
-    on these rows), so that a bias column of ones beside data of size 1e-150 does not look like
-    the only direction with content; the entries' zeros and signs are the same in both.
+    The arguments are restricted to the column's support (the move never leaves it). The work is
+    done in equilibrated coordinates ``u = w * n`` (``n`` the norms of ``X``'s columns), so that a
+    bias column of ones beside data of size 1e-150 does not look like the only direction with
+    content; the entries' zeros and signs are the same in both.
     """
-    norms = stable_norm(np.vstack([fixed, below]), axis=0)
-    norms = np.where(norms > 0, norms, 1.0)
     u = _equilibrated_column(w * norms, fixed / norms, below / norms, bound, weights / norms, scale)
     return None if u is None else u / norms
 
@@ -123,16 +126,21 @@ def _equilibrated_column(w, fixed, below, bound, weights, scale):
     support = S.copy()
     loose = np.flatnonzero(~tight)
     penalized = weights[support] > 0
+    steps_taken = 0
     while basis.shape[1] > 0:
         d = basis[:, 0]
         # Largest step t >= 0 along d (or -d): an entry reaches zero, or a slack row gets tight.
+        # The rows' growth along d is one product with the full rows (no copy of a submatrix).
+        full = np.zeros(w.shape[0])
+        full[support] = d
+        growth_d = (below @ full)[loose] if loose.size else np.zeros(0)
         steps, events = [], []
         for direction in (1.0, -1.0):
             dd = direction * d
             shrinking = penalized & (w[support] * dd < 0)
             to_zero = np.full(support.size, np.inf)
             to_zero[shrinking] = -w[support][shrinking] / dd[shrinking]
-            growth = below[loose][:, support] @ dd if loose.size else np.zeros(0)
+            growth = direction * growth_d
             to_row = np.full(loose.size, np.inf)
             rising = growth > 0
             to_row[rising] = np.maximum(slack[loose][rising], 0.0) / growth[rising]
@@ -160,7 +168,8 @@ def _equilibrated_column(w, fixed, below, bound, weights, scale):
             row_index = loose[index]
             basis = _restrict(basis, below[row_index, support])
             loose = np.delete(loose, index)
-        if basis.shape[1]:
+        steps_taken += 1
+        if basis.shape[1] and steps_taken % REORTHONORMALIZE == 0:
             basis, _ = np.linalg.qr(basis)  # keep it orthonormal against drift
     return w
 
@@ -186,22 +195,28 @@ def to_vertex(program, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             fit_mask |= term.mask
     out = np.array(W, dtype=float, copy=True)
     moved = np.zeros(M, dtype=bool)
+    column_norms = stable_norm(X, axis=0)
+    column_norms = np.where(column_norms > 0, column_norms, 1.0)
     for m in range(M):
-        w = out[:, m]
-        fixed, below = X[fit_mask[:, m]], X[below_mask[:, m]]
+        S = np.flatnonzero(out[:, m])
+        if S.size == 0:
+            continue
+        X_S = X[:, S]
+        w = out[S, m]
+        fixed, below = X_S[fit_mask[:, m]], X_S[below_mask[:, m]]
         bound = bounds[below_mask[:, m], m]
-        candidate = _column(w, fixed, below, bound, weights[:, m], scale)
+        candidate = _column(w, fixed, below, bound, weights[S, m], scale, column_norms[S])
         if candidate is None:
             continue
         change = np.abs(fixed @ (candidate - w)).max(initial=0.0)
         # The size of the sums that make Z: round-off is relative to it.
         size = (np.abs(fixed) @ np.abs(w)).max(initial=0.0)
-        l1_before, l1_after = weights[:, m] @ np.abs(w), weights[:, m] @ np.abs(candidate)
+        l1_before, l1_after = weights[S, m] @ np.abs(w), weights[S, m] @ np.abs(candidate)
         excess = np.maximum(below @ candidate - bound, 0.0).max(initial=0.0)
         excess_before = np.maximum(below @ w - bound, 0.0).max(initial=0.0)
         if (change <= KEEP_TOL * size and l1_after <= l1_before * (1 + KEEP_TOL)
                 and excess <= excess_before + KEEP_TOL * scale
                 and np.count_nonzero(candidate) < np.count_nonzero(w)):
-            out[:, m] = candidate
+            out[S, m] = candidate
             moved[m] = True
     return out, moved
