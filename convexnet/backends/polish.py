@@ -76,7 +76,8 @@ class _Column:
 
     def __init__(self, X, fit_rows, y, below_rows, v, weights):
         self.fit_rows, self.below_rows = np.flatnonzero(fit_rows), np.flatnonzero(below_rows)
-        self.A = X[fit_rows]
+        # A fit on every row (a linear layer, the Gram form) shares X itself: no copy per column.
+        self.A = X if fit_rows.all() else X[fit_rows]
         self.y = y[fit_rows]
         self.B = X[below_rows]
         self.v = v[below_rows]
@@ -226,25 +227,34 @@ def polish(program, W, dual) -> Polished | None:
     X = program.X
     P, N, M = program.shape
     weights = program.penalties[0].full_weights((N, 1))[:, 0]
-    columns = [_Column(X, fit.mask[:, m], fit.target[:, m],
+
+    def column(m):
+        return _Column(X, fit.mask[:, m], fit.target[:, m],
                        below.mask[:, m] if below is not None else np.zeros(P, dtype=bool),
                        below.target[:, m] if below is not None else np.zeros(P), weights)
-               for m in range(M)]
+
+    def initial(m, one):
+        return [_initial_sets(one, W[:, m], dual, m, below, weights, scale, with_tight)
+                for with_tight in (False, True)]
+
     scale = max(program.output_scale, 1e-300)
     start = _start_multiplier(fit, dual, W, X) if isinstance(fit, Budget) else np.ones(M)
-    starts = [[_initial_sets(column, W[:, m], dual, m, below, weights, scale, with_tight)
-               for m, column in enumerate(columns)] for with_tight in (False, True)]
     if isinstance(fit, Budget) and not fit.per_column:
+        # One multiplier for every column: all columns' data are held at once.
+        columns = [column(m) for m in range(M)]
+        starts = list(zip(*[initial(m, one) for m, one in enumerate(columns)]))
         for state in starts:
-            found = _polish_coupled(fit, columns, state, W, dual, weights, scale, start)
+            found = _polish_coupled(fit, columns, list(state), W, dual, weights, scale, start)
             if found is not None:
                 return found
         return None
+    # Separable: one column's data at a time (a masked fit copies its rows of X per column).
     W_out, dual_out = W.copy(), dual.copy()
     passed = np.zeros(M, dtype=bool)
-    for m, column in enumerate(columns):
-        for state in starts:
-            found = _polish_column(column, state[m], fit, m, weights, scale, float(start[m]))
+    for m in range(M):
+        one = column(m)
+        for state in initial(m, one):
+            found = _polish_column(one, state, fit, m, weights, scale, float(start[m]))
             if found is not None:
                 W_out[:, m], dual_out[:, m] = found
                 passed[m] = True
