@@ -268,15 +268,8 @@ class GroupL1(Penalty):
     def prox(self, x, step: float):
         step = check_scalar("step", step, low=0.0)
         x = as_data("x", x, ndim=2)
-        if is_tensor(x):
-            import torch
-
-            norms = torch.linalg.vector_norm(x, dim=self.axis, keepdim=True)
-            scale = torch.clamp(1.0 - step * self.strength / torch.clamp(norms, min=1e-300), min=0.0)
-        else:
-            norms = np.linalg.norm(x, axis=self.axis, keepdims=True)
-            scale = np.maximum(1.0 - step * self.strength / np.maximum(norms, 1e-300), 0.0)
-        return x * scale
+        # The group soft threshold with overflow-free norms, numpy or torch alike.
+        return kernels.prox_group_l1(x, step=step * self.strength, axis=self.axis)
 
     def _cvxpy(self, expr):
         import cvxpy as cp

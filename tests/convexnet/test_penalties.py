@@ -122,3 +122,16 @@ def test_transformed_l1_with_huge_a_is_l1_in_value_and_prox(dtype):
 def test_transformed_l1_with_tiny_a_counts_nonzeros():
     x = np.array([0.0, 1e-100, -2.0, 3.0])
     assert penalties.TransformedL1(1.0, a=1e-150).value(x) == pytest.approx(3.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_group_l1_prox_is_scale_covariant_where_squares_overflow(axis):
+    """prox_{s g}(c x) = c prox_{(s/c) g}(x) for the group norm: at c = 1e200 the groups' squared
+    entries overflow float64, and the prox must still shrink (a naive norm is inf, a factor 1)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((5, 4))
+    penalty = penalties.GroupL1(1.0, axis=axis)
+    reference = penalty.prox(x, step=0.8)
+    big = penalty.prox(1e200 * x, step=0.8e200)
+    np.testing.assert_allclose(big / 1e200, reference, rtol=1e-12, atol=1e-300)
+    assert np.any(reference == 0) or np.all(np.abs(reference) < np.abs(x))
