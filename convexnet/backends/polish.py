@@ -84,32 +84,13 @@ class _Column:
         self.weights = weights
 
     def solve(self, S, signs, K, lam):
-        """``(w (N,), mu (|K|,))`` of the restricted system, or None when it is singular."""
-        A_S, B_KS = self.A[:, S], self.B[K][:, S]
-        size, k = S.sum(), K.sum()
-        matrix = np.zeros((size + k, size + k))
-        matrix[:size, :size] = 2.0 * lam * (A_S.T @ A_S)
-        matrix[:size, size:] = B_KS.T
-        matrix[size:, :size] = B_KS
-        rhs = np.concatenate([2.0 * lam * (A_S.T @ self.y) - self.weights[S] * signs[S], self.v[K]])
-        try:
-            solution = np.linalg.solve(matrix, rhs)
-        except np.linalg.LinAlgError:
-            # A singular system (more support than equations): the least-squares point.
-            solution = np.linalg.lstsq(matrix, rhs, rcond=None)[0]
-        if not np.all(np.isfinite(solution)):
+        """``(w (N,), mu (|K|,))`` of the restricted system at ``lam``, or None when it is singular
+        (:meth:`affine` at ``t = 1 / (2 lam)``)."""
+        found = self.affine(S, signs, K)
+        if found is None:
             return None
-        # A nearly singular system can return a point that does not solve it (the tight rows then
-        # do not hold): such a point is no solution of the restricted problem.
-        mismatch = np.abs(matrix @ solution - rhs).max(initial=0.0)
-        magnitude = (np.abs(matrix).max(initial=0.0) * np.abs(solution).max(initial=0.0)
-                     + np.abs(rhs).max(initial=0.0))
-        if mismatch > SYSTEM_TOL * max(magnitude, 1e-300):
-            return None
-        w = np.zeros(self.weights.shape[0])
-        w[S] = solution[:size]
-        return w, solution[size:]
-
+        w0, w1, m0, m1 = found
+        return w0 + w1 / (2.0 * lam), 2.0 * lam * m0 + m1
 
     def affine(self, S, signs, K):
         """The restricted solution as a function of ``t = 1 / (2 nu)``: ``(w0, w1, m0, m1)`` with
@@ -132,9 +113,12 @@ class _Column:
         try:
             solution = np.linalg.solve(matrix, rhs)
         except np.linalg.LinAlgError:
-            return None
+            # A singular system (more support than equations): the least-squares point.
+            solution = np.linalg.lstsq(matrix, rhs, rcond=None)[0]
         if not np.all(np.isfinite(solution)):
             return None
+        # A nearly singular system can return a point that does not solve it (the tight rows then
+        # do not hold): such a point is no solution of the restricted problem.
         mismatch = np.abs(matrix @ solution - rhs).max(initial=0.0)
         magnitude = (np.abs(matrix).max(initial=0.0) * np.abs(solution).max(initial=0.0)
                      + np.abs(rhs).max(initial=0.0))
@@ -387,36 +371,16 @@ def _budget_rounds(columns, sets, budget, start, weights, scale):
         closed = _closed_form_multiplier(columns, sets, budget)
         if closed is not None:
             nu, solved = closed
-            outputs, passed = [], True
-            for index, (column, (S, signs, K)) in enumerate(zip(columns, sets)):
-                w, mu = solved[index]
-                if _check(column, w, mu, S, signs, K, nu, weights, scale)[0]:
-                    outputs.append((w, mu, (S, signs, K)))
-                    continue
-                passed = False
-                found = _active_set(column, sets[index], nu, weights, scale)
-                if found is None:
-                    return None
-                sets[index] = found[2]
-            if passed:
-                return nu, outputs
-            continue
-
-        def norm(trial, sets=tuple(sets)):
-            total = 0.0
-            for column, (S, signs, K) in zip(columns, sets):
-                solved = column.solve(S, signs, K, trial)
-                if solved is None:
-                    return None
-                total += float(np.sum((column.A @ solved[0] - column.y) ** 2))
-            return float(np.sqrt(total))
-
-        nu = _multiplier_search(norm, budget, nu)
-        if nu is None:
-            return None
+        else:
+            nu = _multiplier_search(_residual_norm(columns, sets), budget, nu)
+            if nu is None:
+                return None
+            solved = [column.solve(S, signs, K, nu) for column, (S, signs, K) in zip(columns, sets)]
+            if any(one is None for one in solved):
+                return None
         outputs, passed = [], True
         for index, (column, (S, signs, K)) in enumerate(zip(columns, sets)):
-            w, mu = column.solve(S, signs, K, nu)
+            w, mu = solved[index]
             if _check(column, w, mu, S, signs, K, nu, weights, scale)[0]:
                 outputs.append((w, mu, (S, signs, K)))
                 continue
@@ -428,6 +392,22 @@ def _budget_rounds(columns, sets, budget, start, weights, scale):
         if passed:
             return nu, outputs
     return None
+
+
+def _residual_norm(columns, sets):
+    """``nu -> ||r(nu)||`` over ``columns`` with their active sets held fixed (None if singular)."""
+    sets = tuple(sets)
+
+    def norm(trial):
+        total = 0.0
+        for column, (S, signs, K) in zip(columns, sets):
+            solved = column.solve(S, signs, K, trial)
+            if solved is None:
+                return None
+            total += float(np.sum((column.A @ solved[0] - column.y) ** 2))
+        return float(np.sqrt(total))
+
+    return norm
 
 
 def _start_multiplier(fit, dual, W, X) -> np.ndarray:
