@@ -32,6 +32,11 @@ The entry points are :func:`trim` and :func:`refit`, which return a :class:`Trim
     the checks ``trim`` runs before any work.
 :mod:`convexnet.nn.io`
     the files of the ``convexnet prune`` command.
+:mod:`convexnet.nn.structure`
+    units (features, channels, heads) and the layers that produce, carry and consume them.
+:mod:`convexnet.nn.shrink`
+    :func:`shrink`: a pruned model rebuilt physically smaller
+    (:mod:`convexnet.nn.pruned_attention` for attention with heads removed).
 :mod:`convexnet.nn.training_support`
     what :mod:`convexnet.training` needs: argument checks and all-or-nothing optimizer steps.
 
@@ -42,10 +47,11 @@ Examples
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
 >>> report = cnn.trim(model, torch.randn(64, 4), rel_epsilon=0.05)  # doctest: +SKIP
 >>> sorted(cnn.__all__)
-['LayerReport', 'TrimReport', 'refit', 'trim']
+['LayerReport', 'TrimReport', 'refit', 'shrink', 'trim']
 """
 
 from .report import LayerReport, TrimReport
+from .shrink import shrink
 from .trimming import refit, trim
 
-__all__ = ["trim", "refit", "TrimReport", "LayerReport"]
+__all__ = ["trim", "refit", "shrink", "TrimReport", "LayerReport"]
