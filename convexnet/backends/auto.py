@@ -50,15 +50,16 @@ def choose(program) -> str:
 class AutoBackend:
     name = "auto"
 
-
     def accepts(self, program) -> str | None:
         return get(choose(program)).accepts(program)
 
-    def solve(self, program, options: dict, verbose: bool = False, executor=None) -> Solution:
+    def solve(self, program, options: dict, verbose: bool = False, executor=None, *,
+              choice: str | None = None) -> Solution:
+        """Run the backend :func:`choose` picks (or ``choice``), then refine what it left."""
         from .admm_route import POLISH_AFTER
         from .polish import applies
 
-        name = choose(program)
+        name = choice or choose(program)
         run_options = _options_for(options, name)
         polishing = (name == "admm" and program.convex and applies(program)
                      and run_options.get("polish", True) is not False)

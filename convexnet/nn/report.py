@@ -150,7 +150,7 @@ class TrimReport:
             rows.append("* not finished, written because allow_inaccurate=True: its budget may not "
                         "hold, no bound is given")
         for name, why in self.info.get("skipped", {}).items():
-            reason = why if why.startswith("outside") else \
+            reason = why if why.startswith("outside") or "units" in self.info else \
                 f"shares a parameter with another module ({why})"
             rows.append(f"skipped {name!r}: {reason}")
         return "\n".join(rows)

@@ -31,12 +31,9 @@ from . import capture, checks
 from .io import make_permanent
 from .layers import effective_tensor
 from .pruned_attention import PrunedAttention
-from .structure import UnitGroup, unit_groups, unit_indices
+from .structure import OUTPUT_ONLY, UnitGroup, unit_groups, unit_indices
 
 __all__ = ["shrink", "removed_units", "apply_removal"]
-
-_OUTPUT_ONLY = "its output reaches the model's output"
-
 
 def _unit_nonzero(model, role, count: int) -> torch.Tensor:
     """Per unit, whether any of its entries in ``role``'s tensors is non-zero; bool ``(count,)``."""
@@ -74,7 +71,7 @@ def removed_units(model: torch.nn.Module, groups: list | None = None) -> dict:
         producer_zero = _zero_units(model, group.producers, group.count)
         if group.blockers:
             marked = consumer_zero | producer_zero
-            serious = [why for why in group.blockers if why != _OUTPUT_ONLY]
+            serious = [why for why in group.blockers if why != OUTPUT_ONLY]
             if marked.any() and (serious or group.consumers):
                 units = torch.nonzero(marked).flatten().tolist()
                 why = "; ".join(group.blockers)

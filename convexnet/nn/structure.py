@@ -45,7 +45,10 @@ import torch.nn.functional as F
 
 from .layers import transformers_conv1d
 
-__all__ = ["Role", "UnitGroup", "unit_groups", "unit_indices"]
+__all__ = ["Role", "UnitGroup", "unit_groups", "unit_indices", "OUTPUT_ONLY"]
+
+#: The blocker of a layer whose output is the model's: natural, not an obstacle to anything.
+OUTPUT_ONLY = "its output reaches the model's output"
 
 _CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 _NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)

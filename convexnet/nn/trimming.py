@@ -18,7 +18,7 @@ from .. import backends
 from ..programs import cascade
 from ..programs.cascade import Budget, LayerStep, Solving, check_trim_options
 from ..errors import InvalidInputError
-from . import capture, checks, pruning
+from . import capture, checks, pruning, structured
 from .targets import check_target
 from .report import LayerReport, TrimReport
 from .write import write_all, write_update
@@ -108,7 +108,8 @@ class ModelNetwork:
 
 # -------------------------------------------------------------------------------------- trim
 def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsilon=None, lam=None,
-         sparsity=None, pattern=None, per: str = "row", support="l1", refit: bool = True,
+         sparsity=None, pattern=None, per: str = "row", neurons=None, support="l1",
+         refit: bool = True,
          damping: float = 0.0, blockwise=None,
          mode: str = "cascade", gamma: float = 1.0, backend: str = "auto", device=None, relu=None,
          max_samples: int | None = 10_000, seed: int = 0, batch_size: int | None = None,
@@ -146,6 +147,19 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
         Calibrate one repeated block at a time (None: when the model has repeated blocks: GPT-2's
         ``transformer.h``, LLaMA's ``model.layers``, ``TransformerEncoder.layers``; the layers
         outside them are then left as they are, listed in ``report.info["skipped"]``).
+
+    **Units** (``neurons=``; :mod:`convexnet.nn.structured`): whole units removed, layer by layer
+    in the forward pass's order: features of a ``Linear``, channels of a convolution, attention
+    heads, wherever one ``Linear`` or convolution reads them (through activations, ``BatchNorm``,
+    pooling or ``flatten``). The units kept are chosen by the group-l1 path on the consumer's rows
+    grouped by unit (:mod:`convexnet.nn.group_lasso`), the consumer is refit exactly on them and
+    certified, and the removed units' producer rows are zeroed too, so that
+    :func:`~convexnet.nn.shrink` can cut them out. ``layers`` names producers then, ``support``
+    may be a callable ``select(units)`` (:class:`~convexnet.nn.structured.UnitData`) returning the
+    kept units, and ``report.info["units"]`` lists the removed units per group.
+
+    neurons : float in [0, 1), optional
+        Fraction of each group's units removed: ``round(neurons * count)``.
 
     **Net-Trim** (``epsilon=``, ``rel_epsilon=`` or ``lam=``): the arguments below.
 
@@ -240,6 +254,17 @@ def trim(model: torch.nn.Module, inputs, *, layers=None, epsilon=None, rel_epsil
     >>> report = convexnet.nn.trim(model, torch.randn(64, 4), rel_epsilon=0.05)  # doctest: +SKIP
     >>> print(report)                                               # doctest: +SKIP
     """
+    if neurons is not None:
+        given = [name for name, value in (("epsilon", epsilon), ("rel_epsilon", rel_epsilon),
+                                          ("lam", lam), ("sparsity", sparsity),
+                                          ("pattern", pattern)) if value is not None]
+        if given:
+            raise InvalidInputError(f"neurons= removes whole units; give it alone, not with "
+                                    f"{given[0]}= (prune the weights of the units kept in a "
+                                    f"second call).")
+        return structured.prune_units(model, inputs, neurons=neurons, layers=layers,
+                                      select=support, refit=refit, blockwise=blockwise,
+                                      batch_size=batch_size, progress=progress)
     if sparsity is not None or pattern is not None:
         given = [name for name, value in (("epsilon", epsilon), ("rel_epsilon", rel_epsilon),
                                           ("lam", lam)) if value is not None]
