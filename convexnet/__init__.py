@@ -24,7 +24,8 @@ if (_launched_by_dash_m() and not _sys.flags.safe_path and _sys.path
     del _sys.path[0]
 
 from . import certificates, errors, fits, penalties, sets  # noqa: E402
-from .errors import BackendUnavailableError, ConvexnetError, InvalidInputError, SolverFailedError
+from .errors import (BackendUnavailableError, ClusterLostError, ConvexnetError, InvalidInputError,
+                     SolverFailedError)
 from .nettrim import NetTrimProblem, NetTrimResult
 from .network import NetworkResult, trim_network
 from .programs import GramData, ProgramResult, SparsityProgram
@@ -33,6 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "ClusterLostError",
     "ConvexnetError",
     "GramData",
     "InvalidInputError",

@@ -12,6 +12,7 @@ __all__ = [
     "InvalidInputError",
     "BackendUnavailableError",
     "SolverFailedError",
+    "ClusterLostError",
 ]
 
 
@@ -39,3 +40,14 @@ class SolverFailedError(ConvexnetError):
     def __init__(self, message: str, status: str = "solver_error"):
         super().__init__(message)
         self.status = status
+
+
+class ClusterLostError(SolverFailedError):
+    """The Dask cluster went away while solving: the scheduler, or every worker, was lost.
+
+    Nothing was written: a network or model being pruned is left as it was, and the message names
+    the layer that was being solved. ``status`` is ``"cluster_lost"``.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message, status="cluster_lost")

@@ -33,7 +33,8 @@ def test_user_guides_have_examples():
 
 DOCTESTED = ["convexnet.nettrim", "convexnet.certificates.layer", "convexnet.programs.program",
              "convexnet.programs.gram", "convexnet.fits", "convexnet.sets", "convexnet.penalties",
-             "convexnet.training", "convexnet.nn", "solvers.prox", "solvers.graph_form",
+             "convexnet.training", "convexnet.nn", "convexnet.cluster", "solvers.prox",
+             "solvers.graph_form",
              "solvers.admm"]
 
 

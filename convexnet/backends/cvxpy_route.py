@@ -72,16 +72,22 @@ class CVXPYBackend:
             return osqp_splitting.reason_to_refuse(program)
         return osqp_budget.reason_to_refuse(program)
 
-    def solve(self, program, options: dict, verbose: bool = False, executor=None) -> Solution:
+    def solve(self, program, options: dict, verbose: bool = False, executor=None, *,
+              columns=None) -> Solution:
         """Solve ``program`` in scaled units (:meth:`SparsityProgram.scaled`): separable programs
         column by column (:mod:`convexnet.backends.cvxpy_columns`), others whole. OSQP's splitting
-        scales the program itself: its stopping rule is the certificate of the program as given."""
+        scales the program itself: its stopping rule is the certificate of the program as given.
+        ``columns`` (separable programs): solve only these, in the whole program's units, so that
+        a cluster task's columns come out as the in-process solve's do."""
         if self.name == "osqp":
             from . import osqp_splitting
 
             if osqp_splitting.split_penalties(program):
-                return osqp_splitting.solve(program, options, verbose)
+                part = program if columns is None else program.select_columns(columns)
+                return osqp_splitting.solve(part, options, verbose)
         scaled, scaling = program.scaled()
+        if columns is not None:
+            scaled = scaled.select_columns(columns)
         solution = self._solve_scaled(scaled, options, verbose, executor)
         if solution.W is not None:
             solution.W = scaling.weights(solution.W)

@@ -24,17 +24,18 @@ working copy of it) and where a refit goes. The loop owns the rest, once:
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from .. import backends
+from .. import backends, cluster
 from .._numerics import stable_norm
 from .._validation import check_exactly_one, check_scalar
 from ..backends import auto
 from ..backends import options as backend_options
-from ..errors import InvalidInputError, SolverFailedError
+from ..errors import ClusterLostError, InvalidInputError, SolverFailedError
 from ..nettrim import NetTrimProblem, NetTrimResult
 
 __all__ = ["MODES", "FINISHED", "Block", "LayerStep", "Network", "Budget", "Solving",
@@ -370,15 +371,30 @@ def run(network: Network, budget: Budget, solving: Solving, progress=None) -> Ca
     steps = network.steps
     solving.check(network, budget)
     jobs = None
+    client = cluster.find_client(solving.executor)
+    threads = None
     if budget.mode == "parallel" and solving.executor is not None:
-        # Every layer's input is known up front: each program is an independent job.
+        # Every layer's input is known up front: each program is an independent job. On a Dask
+        # cluster each program is solved from a thread of this process, which scatters its data
+        # once and splits it into tasks by cost (convexnet.cluster), every layer in flight at once.
         jobs = []
+        submit, inner = solving.executor.submit, None
+        if client is not None:
+            threads = ThreadPoolExecutor(max_workers=sum(len(step.blocks) for step in steps))
+            submit, inner = threads.submit, solving.executor
         for index in range(len(steps)):
             X = network.original(index)[0]
-            problems = _problems(network, index, X, budget, solving)
-            jobs.append((X, [solving.executor.submit(_solve_job, problem,
-                                                     solving.keywords(problem, None))
-                             for problem in problems]))
+            jobs.append((X, [submit(_solve_job, problem, solving.keywords(problem, inner))
+                             for problem in _problems(network, index, X, budget, solving)]))
+    try:
+        return _layers(network, budget, solving, jobs, progress)
+    finally:
+        if threads is not None:
+            threads.shutdown(wait=True, cancel_futures=True)
+
+
+def _layers(network: Network, budget: Budget, solving: Solving, jobs, progress) -> CascadeRun:
+    steps = network.steps
     outcomes = []
     for index, step in enumerate(steps):
         start = time.perf_counter()
@@ -391,10 +407,14 @@ def run(network: Network, budget: Budget, solving: Solving, progress=None) -> Ca
             solved = (problem.solve(**solving.keywords(problem, solving.executor))
                       for problem in _problems(network, index, X, budget, solving))
         results = []
-        for group, result in enumerate(solved):
-            label = step.label + (f" (group {group})" if len(step.blocks) > 1 else "")
-            check_finished(result, label, solving.allow_inaccurate)
-            results.append(result)
+        try:
+            for group, result in enumerate(solved):
+                label = step.label + (f" (group {group})" if len(step.blocks) > 1 else "")
+                check_finished(result, label, solving.allow_inaccurate)
+                results.append(result)
+        except ClusterLostError as error:
+            label = step.label + (f" (group {len(results)})" if len(step.blocks) > 1 else "")
+            raise ClusterLostError(f"{label}: {error}") from error
         refit = [Block(block.inputs, block.outputs, result.W, result.b)
                  for block, result in zip(step.blocks, results)]
         network.write(index, refit)

@@ -318,10 +318,9 @@ class SparsityProgram:
     def _run(self, backend, solver_options, executor, certify, verbose, sparsest=True):
         """Check every argument, run the backend, then (``sparsest``) the vertex move:
         ``(Solution, start time)``."""
-        from .. import backends
+        from .. import backends, cluster
         from .._validation import check_executor
         from ..backends import options
-        from . import vertex
 
         if not isinstance(certify, (bool, dict)):
             raise InvalidInputError(f"certify must be True, False or a dict of tolerances; got {certify!r}.")
@@ -334,15 +333,45 @@ class SparsityProgram:
         run_options = dict(solver_options or {}) if engine.name == "auto" else \
             dict(options.options_for(solver_options, engine.name) or {})
         start = time.perf_counter()
-        solution = engine.solve(self, run_options, verbose, executor)
-        solution.backend = solution.backend or engine.name
-        if (sparsest and solution.W is not None and vertex.applies(self)
-                and solution.status in ("optimal", "optimal_inaccurate")):
-            moved_at = time.perf_counter()
-            solution.W, moved = vertex.to_vertex(self, solution.W)
-            solution.info = {**solution.info, "vertex_columns": int(moved.sum()),
-                             "vertex_time": time.perf_counter() - moved_at}
+        client = cluster.find_client(executor)
+        if client is not None:
+            solution = cluster.solve(self, engine.name, run_options, verbose, sparsest, client)
+        else:
+            solution = solve_here(self, engine, run_options, verbose, executor, sparsest)
         return solution, start
+
+
+def solve_here(program, engine, options: dict, verbose: bool, executor, sparsest: bool, *,
+               choice: str | None = None, columns=None):
+    """``engine.solve`` in this process, then (``sparsest``) the vertex move: a ``Solution``.
+
+    A cluster task (:mod:`convexnet.cluster`) solves the ``columns`` of a separable program with the
+    backend ``choice`` that ``"auto"`` chose for the whole program; a CVXPY backend then solves them
+    in the whole program's units (the in-process solve's numbers, not a rescaled program's).
+    """
+    from .. import backends
+    from ..backends import options as backend_options
+    from . import vertex
+
+    part = program if columns is None else program.select_columns(columns)
+    if choice is not None and choice != "admm" and engine.name == "auto":
+        # "auto" adds nothing to a CVXPY backend's answer: run it, with the options meant for it.
+        options = dict(backend_options.options_for(options, choice) or {})
+        engine = backends.get(choice)
+    if columns is not None and engine.name in ("clarabel", "osqp", "scs"):
+        solution = engine.solve(program, options, verbose, executor, columns=columns)
+    elif engine.name == "auto" and choice is not None:
+        solution = engine.solve(part, options, verbose, executor, choice=choice)
+    else:
+        solution = engine.solve(part, options, verbose, executor)
+    solution.backend = solution.backend or engine.name
+    if (sparsest and solution.W is not None and vertex.applies(part)
+            and solution.status in ("optimal", "optimal_inaccurate")):
+        moved_at = time.perf_counter()
+        solution.W, moved = vertex.to_vertex(part, solution.W)
+        solution.info = {**solution.info, "vertex_columns": int(moved.sum()),
+                         "vertex_time": time.perf_counter() - moved_at}
+    return solution
 
 
 def attach_certificate(result, solution, certify) -> None:

@@ -72,24 +72,6 @@ def test_parallel_layers_use_original_activations_and_regularized_has_no_bound()
     assert all(layer.problem.form == "regularized" for layer in net.layers)
 
 
-def test_dask_cluster_executor_gives_the_in_process_answer():
-    distributed = pytest.importorskip("distributed")
-    weights, biases, X = make_network(6, sizes=(4, 12, 2), P=80)
-    local = cn.trim_network(weights, X, lam=3.0, mode="parallel", biases=biases, backend="clarabel")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
-        executor = client.get_executor()
-        remote = cn.trim_network(weights, X, lam=3.0, mode="parallel", biases=biases,
-                                 backend="clarabel", executor=executor)
-        layer = cn.NetTrimProblem(X, np.maximum(X @ weights[0] + biases[0], 0), lam=3.0,
-                                  bias=True).solve("clarabel", executor=executor)
-    for a, b in zip(local.weights, remote.weights):
-        np.testing.assert_allclose(a, b, atol=1e-7)
-    np.testing.assert_allclose(layer.W, local.weights[0], atol=1e-7)
-    assert layer.info["chunks"] > 1  # the columns really went out as several jobs
-
-
 def test_progress_callback_sees_every_layer():
     weights, biases, X = make_network(7, sizes=(3, 6, 2), P=40)
     seen = []
