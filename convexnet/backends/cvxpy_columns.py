@@ -4,13 +4,13 @@ When every term of a program is a sum of per-column terms, its ``M`` columns are
 programs of ``N`` weights each. Each term lowers one column with CVXPY parameters
 (``column_cvxpy(w, z)``); the column problem is compiled once and solved for every column after its
 parameters are set, so compilation is paid once per chunk, not ``M`` times. With an executor, the
-columns are cut into chunks shipped whole to workers (a chunk is the program restricted to its
+columns are cut into chunks of equal cost shipped whole to workers (a chunk is the program restricted to its
 columns: plain arrays, picklable; the CVXPY objects are built on the worker).
 """
 
 from __future__ import annotations
 
-import math
+import os
 
 import numpy as np
 
@@ -83,7 +83,8 @@ def solve_columns(program, backend: str, options: dict, *, verbose: bool = False
     options : dict
         Solver keywords.
     executor : concurrent.futures.Executor, optional
-        Runs up to 8 chunks of columns as jobs; default: one chunk in-process.
+        Runs chunks of columns as jobs, as many as the work pays for
+        (:func:`convexnet.cluster.column_ranges`, a few per worker); default: one chunk in-process.
 
     Returns
     -------
@@ -91,10 +92,13 @@ def solve_columns(program, backend: str, options: dict, *, verbose: bool = False
         ``W`` and the dual per column; the status is the worst column's, and ``info["column_status"]``
         lists them all.
     """
-    M = program.M
-    chunks = 1 if executor is None else min(M, 8)
-    size = math.ceil(M / chunks)
-    bounds = [(start, min(start + size, M)) for start in range(0, M, size)]
+    P, N, M = program.shape
+    bounds = [(0, M)]
+    if executor is not None:
+        from ..cluster import column_ranges
+
+        threads = getattr(executor, "_max_workers", None) or os.cpu_count() or 1
+        bounds = column_ranges(P, N, M, threads)
     tasks = [(program if (a, b) == (0, M) else program.select_columns(np.arange(a, b)), backend,
               options, verbose) for a, b in bounds]
     if executor is None:
