@@ -3,10 +3,12 @@
 Subcommands:
 
 * ``convexnet demo``: paper 004's Figure 1 on nested spirals (:mod:`convexnet.demo`).
-* ``convexnet prune``: Net-Trim, or a sparsity target (``--sparsity``, ``--pattern``), on a saved
-  torch model (:func:`convexnet.nn.trim`; file formats in :mod:`convexnet.nn.io`, a text file as
-  byte-level calibration for a language model); ``--save-results DIR`` keeps every Net-Trim layer
-  program and solution; targets print one progress line per block.
+* ``convexnet prune``: Net-Trim, a sparsity target (``--sparsity``, ``--pattern``) or whole
+  units (``--neurons``; ``--shrink`` writes the smaller model), on a saved torch model
+  (:func:`convexnet.nn.trim`; file formats in :mod:`convexnet.nn.io`, a text file as byte-level
+  calibration for a language model); ``--save-results DIR`` keeps every Net-Trim layer program
+  and solution; targets print one progress line per block; ``--scheduler tcp://HOST:PORT``
+  solves the layer programs on a running Dask cluster, ``--workers N`` on a local one of N processes.
 * ``convexnet certify``: duality-gap certificates of saved results (``NetTrimResult.save`` files, or
   the directory ``prune --save-results`` wrote), checked independently of the solver.
 
@@ -88,15 +90,24 @@ def _prune(args) -> int:
     from .nn import io as torch_io
     from .nn import trim
 
-    torch_io.check_paths(args.model, args.calibration, args.out)
+    if args.shrink:
+        _check_shrink_paths(args)
+    else:
+        torch_io.check_paths(args.model, args.calibration, args.out)
     if args.save_results is not None and Path(args.save_results).exists() \
             and not Path(args.save_results).is_dir():
         raise InvalidInputError(f"--save-results {args.save_results!r} is a file; give a folder "
                                 "(created if missing).")
-    targeted = args.sparsity is not None or args.pattern is not None
+    targeted = args.sparsity is not None or args.pattern is not None or args.neurons is not None
+    if targeted and (args.scheduler is not None or args.workers is not None):
+        raise InvalidInputError("--scheduler and --workers run Net-Trim's layer programs on a "
+                                "cluster; --sparsity and --pattern refits run in this process.")
+    if args.workers is not None and args.workers < 1:
+        raise InvalidInputError(f"--workers must be >= 1; got {args.workers}.")
     if targeted and args.save_results is not None:
-        raise InvalidInputError("--save-results keeps Net-Trim layer programs; with --sparsity or "
-                                "--pattern every layer's refit is certified in the table instead.")
+        raise InvalidInputError("--save-results keeps Net-Trim layer programs; with --sparsity, "
+                                "--pattern or --neurons every layer's refit is certified in the "
+                                "table instead.")
     loaded = torch_io.load_model(args.model, args.arch, trust_pickle=args.trust_pickle)
     if Path(args.calibration).suffix in torch_io.TEXT_SUFFIXES:
         inputs = torch_io.load_text_calibration(args.calibration, context=args.context,
@@ -109,18 +120,24 @@ def _prune(args) -> int:
         except (RuntimeError, AssertionError) as exc:
             raise InvalidInputError(f"--device {args.device!r} cannot be used ({exc}).") from None
     relu = None if args.relu is None else set(_names(args.relu))
+    if args.neurons is not None:
+        report = trim(loaded.model, inputs, layers=_names(args.layers), neurons=args.neurons,
+                      batch_size=args.batch_size, progress=_block_printer())
+        return _finish(report, loaded, args)
     if targeted:
         report = trim(loaded.model, inputs, layers=_names(args.layers), sparsity=args.sparsity,
                       pattern=args.pattern, per=args.per, batch_size=args.batch_size,
                       progress=_block_printer())
         return _finish(report, loaded, args)
-    report = trim(loaded.model, inputs, layers=_names(args.layers), epsilon=args.epsilon,
-                  rel_epsilon=args.rel_epsilon, lam=args.lam, mode=args.mode, gamma=args.gamma,
-                  backend=args.backend, device=args.device, relu=relu,
-                  max_samples=args.max_samples or None, seed=args.seed,
-                  batch_size=args.batch_size, split_budget=args.split_budget,
-                  allow_inaccurate=args.allow_inaccurate,
-                  solver_options=_solver_options(args.solver_options), progress=_progress_printer())
+    with _cluster(args) as client:
+        report = trim(loaded.model, inputs, layers=_names(args.layers), epsilon=args.epsilon,
+                      rel_epsilon=args.rel_epsilon, lam=args.lam, mode=args.mode,
+                      gamma=args.gamma, backend=args.backend, device=args.device, relu=relu,
+                      max_samples=args.max_samples or None, seed=args.seed,
+                      batch_size=args.batch_size, split_budget=args.split_budget,
+                      allow_inaccurate=args.allow_inaccurate, executor=client,
+                      solver_options=_solver_options(args.solver_options),
+                      progress=_progress_printer())
     if args.save_results is not None:
         torch_io.save_model(loaded, args.out, keep_masks=args.keep_masks)
         _save_results(report, args.save_results)
@@ -130,9 +147,46 @@ def _prune(args) -> int:
     return _finish(report, loaded, args)
 
 
+def _cluster(args):
+    """The Dask client of ``--scheduler`` or of ``--workers`` local workers (None without them)."""
+    import contextlib
+
+    if args.scheduler is None and args.workers is None:
+        return contextlib.nullcontext(None)
+    from .cluster import connect
+
+    return connect(args.scheduler, args.workers)
+
+
+def _check_shrink_paths(args) -> None:
+    """``--shrink`` writes a convexnet export (safetensors) whatever MODEL's format."""
+    for label, path in (("MODEL", args.model), ("--calibration", args.calibration)):
+        if not Path(path).is_file():
+            raise InvalidInputError(f"{label} {str(path)!r} is not a file.")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise InvalidInputError(f"--out {args.out!r}: the folder {str(out.parent)!r} does not "
+                                "exist.")
+    if out.suffix != ".safetensors":
+        raise InvalidInputError(f"--shrink writes a safetensors export; give --out the suffix "
+                                f".safetensors (got {args.out!r}).")
+    if args.keep_masks:
+        raise InvalidInputError("--shrink cuts the pruned units out: there are no masks left to "
+                                "keep; drop --keep-masks.")
+
+
 def _finish(report, loaded, args) -> int:
     from .nn import io as torch_io
 
+    if args.shrink:
+        from .nn import export
+
+        info = export(loaded.model, args.out, shrink=True)
+        print(report.table())
+        removed = sum(len(units) for units in info["removed"].values())
+        print(f"\nshrunk model saved to {args.out} ({removed} units removed; load it with "
+              "convexnet.nn.load(OUT, architecture))")
+        return 0
     torch_io.save_model(loaded, args.out, keep_masks=args.keep_masks)
     print(report.table())
     print(f"\npruned model saved to {args.out}" + (" (with masks)" if args.keep_masks else ""))
@@ -310,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "support by the l1 path, then the certified exact refit")
     budget.add_argument("--pattern", metavar="N:M",
                         help="target: at most N non-zeros in each M consecutive inputs (e.g. 2:4)")
+    budget.add_argument("--neurons", type=float,
+                        help="structured: remove this fraction of the units (features, channels, "
+                             "heads) of every layer whose units can be removed (e.g. 0.3)")
     prune.add_argument("--per", choices=["row", "layer"], default="row",
                        help="--sparsity counted per output row or per layer (default: %(default)s)")
     prune.add_argument("--context", type=int, default=128,
@@ -348,8 +405,18 @@ def build_parser() -> argparse.ArgumentParser:
                             "marks them and their bounds are not claimed (default: refuse)")
     prune.add_argument("--keep-masks", action="store_true",
                        help="save weight_orig/weight_mask instead of making the pruning permanent")
+    prune.add_argument("--shrink", action="store_true",
+                       help="cut the pruned units out and write OUT as a smaller model: a "
+                            "safetensors export with a JSON of what was removed (load it with "
+                            "convexnet.nn.load(OUT, architecture))")
     prune.add_argument("--save-results", metavar="DIR",
                        help="also save every layer's program and solution here (for certify)")
+    where = prune.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                       help="solve the layer programs on this running Dask cluster "
+                            "(docs/cluster.md)")
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="solve the layer programs on a local Dask cluster of N processes")
     prune.set_defaults(handler=_prune)
 
     certify = commands.add_parser(

@@ -29,6 +29,7 @@ choice is made once, for the whole program), so the answers agree to the solvers
 
 from __future__ import annotations
 
+import contextlib
 import math
 from concurrent.futures import CancelledError
 import pickle
@@ -40,7 +41,8 @@ import numpy as np
 
 from .errors import ClusterLostError
 
-__all__ = ["ATTEMPTS", "TASK_COST", "TASKS_PER_THREAD", "Traffic", "column_ranges", "find_client",
+__all__ = ["ATTEMPTS", "TASK_COST", "TASKS_PER_THREAD", "Traffic", "column_ranges", "connect",
+           "find_client",
            "payload_bytes", "solve", "threads", "traffic", "worker_device"]
 
 #: Smallest task worth sending, in entries ``P * N * columns`` (about 0.2 s of solver work here:
@@ -55,6 +57,54 @@ POLL = 0.25
 
 
 # ------------------------------------------------------------------------------ the client side
+@contextlib.contextmanager
+def connect(scheduler: str | None = None, workers: int | None = None, *, timeout: float = 30.0):
+    """A ``distributed.Client``: of the running cluster at ``scheduler``, or of a local cluster.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        The scheduler's address, ``tcp://HOST:PORT`` (what ``dask scheduler`` prints).
+    workers : int, optional
+        Start a ``distributed.LocalCluster`` of this many process workers, one thread each (closed
+        on exit). Give one of ``scheduler`` and ``workers``.
+    timeout : float
+        Seconds to reach the scheduler.
+
+    Raises
+    ------
+    InvalidInputError
+        Both or neither given, ``workers < 1``, or ``dask.distributed`` not installed.
+    ClusterLostError
+        The scheduler cannot be reached.
+    """
+    from .errors import InvalidInputError
+
+    if (scheduler is None) == (workers is None):
+        raise InvalidInputError("give a scheduler address (a running cluster) or a number of "
+                                "local workers, exactly one of them.")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise InvalidInputError(f"workers must be a whole number >= 1; got {workers!r}.")
+    try:
+        import distributed
+    except ImportError:
+        raise InvalidInputError("running on a cluster needs dask.distributed: "
+                                "pip install 'dask[distributed]'.") from None
+    with contextlib.ExitStack() as stack:
+        if workers is not None:
+            local = stack.enter_context(distributed.LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
+            scheduler = local.scheduler_address
+        try:
+            client = stack.enter_context(distributed.Client(scheduler, timeout=timeout))
+        except (OSError, TimeoutError, ValueError) as error:
+            raise ClusterLostError(f"cannot reach the Dask scheduler at {scheduler!r} ({error}); "
+                                   "start it with `dask scheduler` and its workers with "
+                                   "`dask worker ADDRESS`.") from None
+        yield client
+
+
 def find_client(executor):
     """The ``distributed.Client`` behind ``executor`` (a client or its ``get_executor()``), or None."""
     if executor is None or not type(executor).__module__.startswith("distributed"):

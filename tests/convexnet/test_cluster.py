@@ -167,3 +167,31 @@ def test_a_lost_scheduler_leaves_the_model_bit_identical_and_names_the_layer():
         client.close()
         local.close()
     assert_bit_identical(model, before)
+
+
+# ------------------------------------------------------------------------------- the command
+def test_prune_command_on_a_running_scheduler_writes_the_in_process_model(client, tmp_path,
+                                                                         monkeypatch, capsys):
+    from convexnet import cli
+
+    monkeypatch.chdir(tmp_path)
+    torch.save(mlp(seed=5, sizes=(4, 12, 2)), "model.pt")
+    np.save("calibration.npy", np.random.default_rng(5).standard_normal((60, 4)))
+    argv = ["prune", "model.pt", "--calibration", "calibration.npy", "--rel-epsilon", "0.05",
+            "--split-budget", "--backend", "clarabel", "--trust-pickle"]
+    assert cli.main(argv + ["--out", "here.pt"]) == 0
+    assert cli.main(argv + ["--out", "there.pt", "--scheduler", client.scheduler.address]) == 0
+    here = torch.load("here.pt", weights_only=False)
+    there = torch.load("there.pt", weights_only=False)
+    here, there = (m.state_dict() if isinstance(m, torch.nn.Module) else m for m in (here, there))
+    assert here.keys() == there.keys()
+    for name in here:
+        torch.testing.assert_close(here[name], there[name], atol=1e-7, rtol=0)
+    capsys.readouterr()
+    assert cli.main(argv + ["--out", "x.pt", "--workers", "0"]) == 2
+    assert "--workers must be >= 1" in capsys.readouterr().err
+    targeted = [word for word in argv if word not in ("--rel-epsilon", "0.05")]
+    assert cli.main(targeted + ["--out", "x.pt", "--sparsity", "0.5", "--workers", "2"]) == 2
+    assert "--sparsity and --pattern refits run in this process" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(argv + ["--out", "x.pt", "--workers", "2", "--scheduler", "tcp://nowhere:1"])
