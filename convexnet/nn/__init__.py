@@ -37,6 +37,10 @@ The entry points are :func:`trim` and :func:`refit`, which return a :class:`Trim
 :mod:`convexnet.nn.shrink`
     :func:`shrink`: a pruned model rebuilt physically smaller
     (:mod:`convexnet.nn.pruned_attention` for attention with heads removed).
+:mod:`convexnet.nn.structured`, :mod:`convexnet.nn.group_lasso`
+    ``trim(neurons=)``: units chosen by the group-l1 path, consumers refit and certified.
+:mod:`convexnet.nn.exporting`
+    :func:`export` and :func:`load`: pruned (or shrunk) weights in a safetensors file.
 :mod:`convexnet.nn.training_support`
     what :mod:`convexnet.training` needs: argument checks and all-or-nothing optimizer steps.
 
@@ -47,11 +51,12 @@ Examples
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
 >>> report = cnn.trim(model, torch.randn(64, 4), rel_epsilon=0.05)  # doctest: +SKIP
 >>> sorted(cnn.__all__)
-['LayerReport', 'TrimReport', 'refit', 'shrink', 'trim']
+['LayerReport', 'TrimReport', 'export', 'load', 'refit', 'shrink', 'trim']
 """
 
+from .exporting import export, load
 from .report import LayerReport, TrimReport
 from .shrink import shrink
 from .trimming import refit, trim
 
-__all__ = ["trim", "refit", "shrink", "TrimReport", "LayerReport"]
+__all__ = ["trim", "refit", "shrink", "export", "load", "TrimReport", "LayerReport"]
