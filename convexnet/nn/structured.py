@@ -6,11 +6,16 @@ with ``groups=1``, ``transformers``' ``Conv1D``, an attention output projection)
 of the model, group after group in the order the forward pass calls their consumers (block by block
 for a model of repeated blocks), as in :mod:`convexnet.nn.pruning`:
 
-1. stream the Gram matrix ``H`` of the consumer's input rows, with the groups before it pruned;
+1. stream the Gram matrices of the consumer's input rows: ``H = Xp^T Xp`` in the working copy
+   (the groups before it pruned) and ``C = Xp^T Xo`` against its input ``Xo`` in the original model;
 2. choose the units kept: the group-l1 path of :func:`convexnet.nn.group_lasso.unit_support` on
    the consumer's rows grouped by unit (or a callable: magnitude, activations, anything);
-3. refit the consumer on the kept units exactly, ``min ||X (W - W0)||^2`` with the removed units'
-   rows zero, and certify it (:mod:`convexnet.nn.least_squares`);
+3. refit the consumer on the kept units exactly to the original model's output,
+   ``min ||Xp W - Xo W0||^2`` with the removed units' rows zero (as Net-Trim's cascade targets
+   the original outputs: the refit corrects the error of the groups pruned before), and certify it
+   (:mod:`convexnet.nn.least_squares`). Since ``||Xp W - Xo W0||^2 = ||Xp (W - W0')||^2 + const``
+   with ``W0' = H^+ C W0``, this is the certified refit program with target weights ``W0'``.
+   Block by block (a model of repeated blocks), ``Xo`` is not at hand: ``W0' = W0``;
 4. zero the removed units in the producers too (their rows and bias entries, a head's query, key
    and value rows), so that :func:`convexnet.nn.shrink` can cut them out of every tensor.
 
@@ -167,6 +172,43 @@ def _zero_producers(working, group: UnitGroup, removed: list) -> None:
         write_update(module, LayerUpdate(weight, mask, tensors.get(adapter.bias_name)))
 
 
+def _grams(working, original, name: str, batches: list, bias: bool):
+    """``(H, C, rows)``: ``H = Xp^T Xp`` and ``C = Xp^T Xo`` of the consumer's input rows in the
+    working copy (``Xp``) and in the original model (``Xo``), batch by batch (bias column last)."""
+    adapters = (capture.layer_adapters(working, [name])[name],
+                capture.layer_adapters(original, [name])[name])
+    totals: dict = {"H": 0.0, "C": 0.0, "rows": 0}
+    for batch in batches:
+        queue = []
+
+        def grab(module, args, kwargs, output):
+            queue.append(_rows(adapters[1].call_inputs(args, kwargs), bias))
+
+        def accumulate(module, args, kwargs, output):
+            X = _rows(adapters[0].call_inputs(args, kwargs), bias)
+            totals["H"] = totals["H"] + X.T @ X
+            totals["C"] = totals["C"] + X.T @ queue.pop(0)
+            totals["rows"] += X.shape[0]
+        capture.run_model(original, [batch], [(adapters[1].hooked, grab)])
+        capture.run_model(working, [batch], [(adapters[0].hooked, accumulate)])
+    return totals["H"], totals["C"], totals["rows"]
+
+
+def _rows(X: torch.Tensor, bias: bool) -> torch.Tensor:
+    X = X.to(torch.float64)
+    return torch.cat([X, torch.ones((X.shape[0], 1), dtype=X.dtype, device=X.device)], 1) \
+        if bias else X
+
+
+def _target_weights(H: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """``W0' = H^+ T``: ``Xp W0'`` is the projection of the original output ``Xo W0`` onto the
+    span of ``Xp``, so ``||Xp W - Xo W0||^2 = ||Xp (W - W0')||^2 + const`` for every ``W``."""
+    values, vectors = torch.linalg.eigh(H)
+    cutoff = 1e-12 * float(values.abs().max()) if values.numel() else 0.0
+    inverse = torch.where(values > cutoff, 1.0 / values.clamp(min=1e-300), torch.zeros_like(values))
+    return vectors @ (inverse[:, None] * (vectors.T @ T))
+
+
 def _state(module) -> LayerUpdate:
     """A module's current weights, mask and bias, as fresh tensors."""
     adapter = adapter_for(module)
@@ -215,6 +257,7 @@ def prune_units(model: torch.nn.Module, calibration, *, neurons, layers=None, se
     check_token_batches(model, batches)
 
     working = capture.working_copy(model)
+    original = capture.working_copy(model)
     consumers = [group.consumers[0].module for group in groups]
     found = find_blocks(working, consumers) if blockwise in (None, True) else None
     blocks = found[1] if found and all(block_of(name, found[1]) is not None
@@ -239,21 +282,28 @@ def prune_units(model: torch.nn.Module, calibration, *, neurons, layers=None, se
         tic = time.perf_counter()
         adapter = adapters[name]
         has_bias = adapter.blocks()[0].b is not None
-        H, rows = stream.gram(name, adapter, has_bias)
         piece = adapter.blocks()[0]
+        if blocks:
+            H, rows = stream.gram(name, adapter, has_bias)
+            cross = None
+        else:
+            H, cross, rows = _grams(working, original, name, batches, has_bias)
         W0 = torch.as_tensor(piece.W, dtype=torch.float64, device=H.device)
         if has_bias:
             W0 = torch.cat([W0, torch.as_tensor(piece.b, dtype=torch.float64,
                                                 device=H.device)[None]])
+        target = W0 if cross is None else _target_weights(H, cross @ W0)
         unit_of_row = _unit_of_row(adapter, group.consumers[0], group.count, W0.shape[0]) \
             .to(H.device)
         remove = int(math.floor(fraction * group.count + 0.5))
-        kept = _select(select, group, name, H, W0, unit_of_row, working, remove, path_options)
+        kept = _select(select, group, name, H, W0, target, unit_of_row, working, remove,
+                       path_options)
         support = (unit_of_row < 0) | kept.to(H.device)[unit_of_row.clamp(min=0)]
         support = support[:, None].expand_as(W0)
         solve = time.perf_counter()
-        W = masked_refit(H, W0, support) if refit else torch.where(support, W0, 0.0)
-        result = certify(H, W0, W, support, samples=rows, solve_time=time.perf_counter() - solve)
+        W = masked_refit(H, target, support) if refit else torch.where(support, W0, 0.0)
+        result = certify(H, target, W, support, samples=rows,
+                         solve_time=time.perf_counter() - solve)
         N = piece.W.shape[0]
         W = W.cpu().numpy()
         update = adapter.update([Block(slice(None), slice(None), W[:N], W[N] if has_bias else None)])
@@ -280,9 +330,9 @@ def prune_units(model: torch.nn.Module, calibration, *, neurons, layers=None, se
                             "skipped": skipped, "blocks": blocks or []})
 
 
-def _select(select, group, consumer, H, W0, unit_of_row, working, remove, path_options):
+def _select(select, group, consumer, H, W0, target, unit_of_row, working, remove, path_options):
     if select == "l1":
-        return unit_support(H, W0, unit_of_row, group.count, remove=remove,
+        return unit_support(H, target, unit_of_row, group.count, remove=remove,
                             **(path_options or {})).cpu()
     kept = select(UnitData(group.name, group.kind, consumer, H, W0, unit_of_row,
                            _producer_rows(working, group), group.count, remove))
