@@ -112,7 +112,7 @@ def _refine(program, solution: Solution, options: dict, verbose: bool, executor,
     refine_time = 0.0
     if polishing:
         # First on each column's likely support only (small programs), then whole columns.
-        from .polish import restricted
+        from .restricted import restricted
 
         start = time.perf_counter()
         found = restricted(program, W, dual, redo, options=options)

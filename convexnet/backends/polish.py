@@ -13,7 +13,7 @@ weights ``c``:
     \begin{bmatrix} 2\lambda A_S^T y - c_S s \\ v_K \end{bmatrix}
 
 for the squared fit ``lambda ||A w - y||^2``. A budget ``||A w - y|| <= epsilon`` that is active has
-the same system at ``lambda = nu``, its multiplier, which is found by a root search on
+the same system at ``lambda = nu``, its multiplier, which is found in closed form from
 ``||A_S w_S(nu) - y|| = epsilon`` (one ``nu`` for the whole matrix's budget, one per column for
 per-column budgets). The answer is accepted only if it is consistent: signs kept on ``S``,
 ``mu_K >= 0``, the other inequalities hold, and ``|X^T Lambda| <= c`` off ``S``; then it satisfies
@@ -35,7 +35,7 @@ import numpy as np
 from ..fits import Below, Budget, Squared
 from ..penalties import L1
 
-__all__ = ["Polished", "applies", "polish", "restricted"]
+__all__ = ["Polished", "applies", "polish", "terms"]
 
 ROUNDS = 30
 # Relative tolerances of the acceptance checks. They absorb the round-off of the small solves at
@@ -71,6 +71,14 @@ def applies(program) -> bool:
             and sum(isinstance(term, Below) for term in program.fits) <= 1)
 
 
+def terms(program):
+    """``(fit, below, weights)`` of a program of the polish kind: its fit on a mask, its
+    :class:`~convexnet.fits.Below` term or None, and the l1 weights ``c`` (N,)."""
+    fit = next(term for term in program.fits if not isinstance(term, Below))
+    below = next((term for term in program.fits if isinstance(term, Below)), None)
+    return fit, below, program.penalties[0].full_weights((program.shape[1], 1))[:, 0]
+
+
 class _Column:
     """One column's data and its restricted solves."""
 
@@ -85,11 +93,14 @@ class _Column:
 
     def solve(self, S, signs, K, lam):
         """``(w (N,), mu (|K|,))`` of the restricted system at ``lam``, or None when it is singular
-        (:meth:`affine` at ``t = 1 / (2 lam)``)."""
+        (:meth:`affine` at ``t = 1 / (2 lam)``; at ``lam = 0``, a budget that is not active, the
+        limit ``t -> inf``: the linear program's vertex, which needs ``w1 = 0``)."""
         found = self.affine(S, signs, K)
         if found is None:
             return None
         w0, w1, m0, m1 = found
+        if lam == 0:
+            return _vertex_limit(self, S, K, found)
         return w0 + w1 / (2.0 * lam), 2.0 * lam * m0 + m1
 
     def affine(self, S, signs, K):
@@ -129,6 +140,17 @@ class _Column:
         return w[:, 0], w[:, 1], solution[size:, 0], solution[size:, 1]
 
 
+def _vertex_limit(column, S, K, found):
+    """``(w, mu)`` of the restricted system as ``nu -> 0`` (``t -> inf``) from ``affine``'s
+    ``found = (w0, w1, m0, m1)``: ``(w0, m1)`` when the tight rows fix ``w`` (``B_KS`` has full
+    column rank, so ``w1 = 0``), else None (``w`` would move without bound)."""
+    size = int(S.sum())
+    if int(K.sum()) < size or (size and np.linalg.matrix_rank(column.B[K][:, S]) < size):
+        return None
+    w0, _, _, m1 = found
+    return w0, m1
+
+
 def _closed_form_multiplier(columns, sets, budget: float):
     """``nu`` with ``||r(nu)|| = budget`` for fixed active sets, exactly: ``r = r0 + t r1`` with
     ``t = 1 / (2 nu)`` (:meth:`_Column.affine`), so ``||r||^2`` is a quadratic in ``t`` whose
@@ -143,59 +165,22 @@ def _closed_form_multiplier(columns, sets, budget: float):
         a, b, c = a + float(r1 @ r1), b + float(r0 @ r1), c + float(r0 @ r0)
         parts.append(found)
     target = budget * budget
+    limits = [_vertex_limit(column, S, K, found)
+              for column, (S, signs, K), found in zip(columns, sets, parts)]
+    if all(limit is not None for limit in limits):
+        # The tight rows fix every w (a vertex of the linear program): the residual does not move
+        # with nu. The budget is inactive (nu = 0) if it holds there; else these sets cannot meet it.
+        return (0.0, limits) if c <= target * (1 + 1e-12) else None
+    if a <= 0:
+        return None
     discriminant = b * b - a * (c - target)
-    if a <= 0 or discriminant < 0 or budget <= 0:
+    if discriminant < 0 or budget <= 0:
         return None
     t = (-b + np.sqrt(discriminant)) / a
     if not t > 0:
         return None
     outputs = [(w0 + t * w1, (m0 + t * m1) / t) for w0, w1, m0, m1 in parts]
     return 1.0 / (2.0 * t), outputs
-
-
-def _multiplier_search(evaluate, budget: float, start: float):
-    """``nu > 0`` with ``evaluate(nu) = ||r(nu)|| = budget`` (nonincreasing in nu), by regula falsi
-    on ``log nu`` in a bracket grown by factors of 4; None when no bracket is found."""
-    if budget <= 0:
-        return None
-    low = high = max(start, 1e-300)
-    value = evaluate(low)
-    if value is None:
-        return None
-    low_value = high_value = value
-    for _ in range(60):
-        if low_value is None or high_value is None:
-            return None
-        if low_value >= budget >= high_value:
-            break
-        if high_value > budget:
-            low, low_value = high, high_value
-            high *= 4.0
-            high_value = evaluate(high)
-        else:
-            high, high_value = low, low_value
-            low /= 4.0
-            low_value = evaluate(low)
-    else:
-        return None
-    for step in range(120):
-        if abs(high_value - budget) <= 1e-13 * budget:
-            return high
-        span = low_value - high_value
-        fraction = (low_value - budget) / span if span > 0 else 0.5
-        # Every third step bisects (in log nu), so the bracket halves at least that often.
-        fraction = 0.5 if step % 3 == 2 else min(max(fraction, 0.05), 0.95)
-        middle = np.exp(np.log(low) + fraction * (np.log(high) - np.log(low)))
-        value = evaluate(middle)
-        if value is None:
-            return None
-        if value > budget:
-            low, low_value = middle, value
-        else:
-            high, high_value = middle, value
-        if high / low - 1.0 <= 1e-15:
-            return high
-    return high
 
 
 def polish(program, W, dual) -> Polished | None:
@@ -206,11 +191,9 @@ def polish(program, W, dual) -> Polished | None:
     """
     if not applies(program) or W is None or dual is None:
         return None
-    fit = next(term for term in program.fits if not isinstance(term, Below))
-    below = next((term for term in program.fits if isinstance(term, Below)), None)
+    fit, below, weights = terms(program)
     X = program.X
     P, N, M = program.shape
-    weights = program.penalties[0].full_weights((N, 1))[:, 0]
 
     def column(m):
         return _Column(X, fit.mask[:, m], fit.target[:, m],
@@ -360,24 +343,18 @@ def _polish_column(column, sets, fit, m, weights, scale, start):
 def _budget_rounds(columns, sets, budget, start, weights, scale):
     """The multiplier ``nu`` of a budget shared by ``columns`` and their solutions there.
 
-    Each round moves ``nu`` by a root search with the active sets held fixed (the residual norm is
-    then monotone in ``nu``), stops when every column passes its checks at that ``nu``, and else
+    Each round sets ``nu`` in closed form with the active sets held fixed
+    (:func:`_closed_form_multiplier`; 0 where the sets fix ``w`` and the budget holds there), stops when every column passes its checks at that ``nu``, and else
     corrects the failing columns' active sets at that ``nu`` (where each column is the squared-loss
     program, whose active set the corrections find): ``(nu, [(w, mu, sets)])``, or None.
     """
     sets = list(sets)
-    nu = start
     for _ in range(ROUNDS):
         closed = _closed_form_multiplier(columns, sets, budget)
-        if closed is not None:
-            nu, solved = closed
-        else:
-            nu = _multiplier_search(_residual_norm(columns, sets), budget, nu)
-            if nu is None:
-                return None
-            solved = [column.solve(S, signs, K, nu) for column, (S, signs, K) in zip(columns, sets)]
-            if any(one is None for one in solved):
-                return None
+        if closed is None:
+            # Exact for the sets held: no multiplier puts the residual on the budget.
+            return None
+        nu, solved = closed
         outputs, passed = [], True
         for index, (column, (S, signs, K)) in enumerate(zip(columns, sets)):
             w, mu = solved[index]
@@ -392,22 +369,6 @@ def _budget_rounds(columns, sets, budget, start, weights, scale):
         if passed:
             return nu, outputs
     return None
-
-
-def _residual_norm(columns, sets):
-    """``nu -> ||r(nu)||`` over ``columns`` with their active sets held fixed (None if singular)."""
-    sets = tuple(sets)
-
-    def norm(trial):
-        total = 0.0
-        for column, (S, signs, K) in zip(columns, sets):
-            solved = column.solve(S, signs, K, trial)
-            if solved is None:
-                return None
-            total += float(np.sum((column.A @ solved[0] - column.y) ** 2))
-        return float(np.sqrt(total))
-
-    return norm
 
 
 def _start_multiplier(fit, dual, W, X) -> np.ndarray:
@@ -440,48 +401,3 @@ def _polish_coupled(fit, columns, state, W, dual, weights, scale, start):
         W_out[:, m] = w
         dual_out[:, m] = _column_dual(column, fit, m, w, mu, K, nu)
     return Polished(W_out, dual_out, np.ones(len(columns), dtype=bool))
-
-
-def restricted(program, W, dual, columns, *, options=None, margin: float = 0.9):
-    """Columns of a separable program solved again by Clarabel on their likely support only.
-
-    Where the restricted system is degenerate (more tight rows than a vertex needs) the polish
-    above gives up; the column's program restricted to the entries that ADMM kept, those whose
-    correlation ``|X^T Lambda|`` is within ``margin`` of their weight, and the unpenalized rows,
-    is small (``P x |S|`` instead of ``P x N``) and an interior-point solver settles it. The answer
-    is the full program's when the certificate's dual feasibility holds off that support, which is
-    checked here: ``|X^T Lambda| <= c (1 + DUAL_TOL)`` on every other row. Returns a
-    :class:`Polished` with ``columns`` marking those that passed, or None when the program is not
-    of the polish kind.
-    """
-    from ..programs import SparsityProgram
-    from . import get
-
-    if not applies(program) or not program.separable:
-        return None
-    X = program.X
-    P, N, M = program.shape
-    penalty = program.penalties[0]
-    weights = penalty.full_weights((N, 1))[:, 0]
-    correlation = np.abs(X.T @ dual)
-    W_out, dual_out = W.copy(), dual.copy()
-    passed = np.zeros(M, dtype=bool)
-    for m in columns:
-        support = (W[:, m] != 0) | (weights == 0) | (correlation[:, m] >= margin * weights)
-        if not support.any():
-            continue
-        sub = SparsityProgram(X[:, support], fit=[term.select_columns([m]) for term in program.fits],
-                              penalty=type(penalty)(penalty.strength, weights=weights[support]
-                                                    / max(penalty.strength, 1e-300)))
-        solution = get("clarabel").solve(sub, dict(options or {}))
-        if solution.W is None or solution.dual is None:
-            continue
-        w = np.zeros(N)
-        w[support] = solution.W[:, 0]
-        Lambda = solution.dual[:, 0]
-        outside = ~support & (np.abs(X.T @ Lambda) > weights * (1 + DUAL_TOL))
-        if outside.any():
-            continue
-        W_out[:, m], dual_out[:, m] = w, Lambda
-        passed[m] = True
-    return Polished(W_out, dual_out, passed)

@@ -82,7 +82,7 @@ def test_a_subspace_is_projected_in_the_original_units():
 
 def test_columns_solved_again_on_their_support_match_clarabel():
     """The fallback for columns the polish leaves: Clarabel on ADMM's likely support, checked off it."""
-    from convexnet.backends.polish import restricted
+    from convexnet.backends.restricted import restricted
 
     X, Y = relu_layer(200, 40, 10, seed=7)
     problem = cn.NetTrimProblem(X, Y, rel_epsilon=0.05, split_budget=True)
@@ -95,15 +95,22 @@ def test_columns_solved_again_on_their_support_match_clarabel():
     report = cn.certificates.duality_gap(problem.X_design, problem.Y, problem.active, problem.V,
                                          found.W, found.dual, column_budgets=problem.column_budgets)
     assert report.ok
-    # A support that misses an entry the optimum needs is caught by the check off the support.
+    # Starting from ADMM's nonzeros only (no entries near their weight), entries the optimum needs
+    # are found by the check off the support and added: the same answer.
+    grown = restricted(problem.program, rough.W_design, rough.dual, np.arange(10), margin=2.0)
+    assert grown.columns.all()
+    assert problem.objective(grown.W) == pytest.approx(reference.objective, rel=1e-7)
+    # A support on which the budget cannot be met (one entry, no dual to grow it from) is refused.
     wrong = np.zeros_like(rough.W_design)
     wrong[0, 0] = 1.0
     assert not restricted(problem.program, wrong, np.zeros_like(rough.dual), [0], margin=2.0).columns[0]
 
 
-def test_the_closed_form_multiplier_meets_the_budget_and_agrees_with_the_root_search():
+def test_the_closed_form_multiplier_meets_the_budget_and_agrees_with_a_root_search():
     """For fixed active sets the budget's multiplier is the root of a quadratic; the result must
-    put the residual exactly on the budget, as the (independent) safeguarded root search does."""
+    put the residual exactly on the budget, as an independent root finder (scipy's brentq) does."""
+    from scipy.optimize import brentq
+
     from convexnet.backends import polish as pl
 
     X, Y = relu_layer(200, 40, 1, seed=7)
@@ -122,7 +129,7 @@ def test_the_closed_form_multiplier_meets_the_budget_and_agrees_with_the_root_se
     def norm(trial):
         return float(np.linalg.norm(column.A @ column.solve(S, signs, K, trial)[0] - column.y))
 
-    nu_search = pl._multiplier_search(norm, budget, 1.0)
+    nu_search = brentq(lambda trial: norm(trial) - budget, nu / 100, nu * 100, xtol=1e-300, rtol=1e-14)
     assert np.linalg.norm(column.A @ w_closed - column.y) == pytest.approx(budget, rel=1e-10)
     assert nu == pytest.approx(nu_search, rel=1e-8)
     np.testing.assert_allclose(w_closed, w, atol=1e-5 * np.abs(w).max())  # Clarabel: ~1e-6
