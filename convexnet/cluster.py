@@ -33,6 +33,7 @@ import contextlib
 import math
 from concurrent.futures import CancelledError
 import pickle
+import time
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -209,6 +210,12 @@ def solve(program, engine_name: str, options: dict, verbose: bool, sparsest: boo
         As in :meth:`SparsityProgram.solve`; the vertex move runs on the workers.
     client : distributed.Client
 
+    Returns
+    -------
+    Solution
+        Its ``info["cluster"]`` holds the task count, the resources asked for, the devices the
+        tasks ran on, and ``seconds`` from the scatter to the last answer stitched.
+
     Raises
     ------
     ClusterLostError
@@ -225,10 +232,12 @@ def solve(program, engine_name: str, options: dict, verbose: bool, sparsest: boo
     resources = {"GPU": 1} if concrete == "admm" and _gpu_workers(client) else None
     task = dict(engine=engine_name, choice=concrete, options=options, verbose=verbose,
                 sparsest=sparsest)
+    start = time.perf_counter()
     outputs = _Run(client, program, ranges, task, resources).results()
     solution = _stitch(outputs, ranges, backends.worst_status)
     solution.info["cluster"] = {"tasks": len(ranges), "resources": resources,
-                                "devices": sorted({out["device"] for out in outputs})}
+                                "devices": sorted({out["device"] for out in outputs}),
+                                "seconds": time.perf_counter() - start}
     return solution
 
 
