@@ -21,8 +21,8 @@ the rows of unit ``u`` (one row for a ``Linear`` input, ``k*k`` rows for an inpu
 
 with ``D = diag(sqrt(H_ii))`` (the norms of the input's columns): a unit's group norm is measured
 on what it contributes, not on its raw weights. Both are convex. :func:`group_lasso` solves them
-with ADMM on the scaled variable ``U = D W`` (so that ``H_n = D^{-1} H D^{-1}`` has a unit diagonal, as in
-:mod:`convexnet.nn.targets`), one eigendecomposition per layer:
+with ADMM on the scaled variable ``U = D W`` (so that ``H_n = D^{-1} H D^{-1}`` has a unit
+diagonal, as in :mod:`convexnet.nn.targets`), one eigendecomposition per layer:
 ``A = (2 H_n + rho I)^{-1} (2 H_n U_0 + rho (Z - Y))``, ``Z = prox(A + Y)`` (the group soft
 threshold ``Z_G = (A + Y)_G max(0, 1 - lambda omega_u / (rho ||(A + Y)_G||))``), ``Y += A - Z``. The
 group norms are taken in the scaled variable: ``||U_{0,G_u}||`` is the unit's activation norm times

@@ -168,7 +168,7 @@ def test_select_callable_and_bad_input_leave_the_model_untouched():
 
 
 @pytest.mark.parametrize("module", ["convexnet.nn.structure", "convexnet.nn.shrink",
-                                    "convexnet.nn.group_lasso"])
+                                    "convexnet.nn.group_lasso", "convexnet.nn.exporting"])
 def test_docstring_examples_run(module):
     failures, tried = doctest.testmod(importlib.import_module(module))
     assert tried > 0 and failures == 0
