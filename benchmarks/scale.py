@@ -176,14 +176,17 @@ def paper_model(per_entry: float, client_per_entry: float, cpu_flops: float, gpu
           f"Gram statistics, {compute / 3600:.2f} GPU-hours of column solves, "
           f"{statistics:.1f} s of statistics on 8 GPUs, {client:.1f} s of client work")
     print(f"  {'nodes':>6} {'GPUs':>5} {'hours':>7} {'columns':>8} {'transfer':>9} "
-          f"{'statistics':>11} {'client':>7}")
+          f"{'statistics':>11} {'client':>7} {'hours, client work on the workers':>34}")
     for nodes in nodes_list:
         columns = compute / (8 * nodes)
         transfer = gram_bytes * nodes / bandwidth if nodes > 1 else 0.0
         total = blocks * (columns + transfer + statistics + client)
         share = lambda part: f"{100 * blocks * part / total:5.1f}%"  # noqa: E731
+        # The same work with the clean-up and certificate done by each task on its columns.
+        spread = blocks * (columns * (1 + client / compute) + transfer + statistics)
         print(f"  {nodes:6d} {8 * nodes:5d} {total / 3600:7.2f} {share(columns):>8} "
-              f"{share(transfer):>9} {share(statistics):>11} {share(client):>7}")
+              f"{share(transfer):>9} {share(statistics):>11} {share(client):>7} "
+              f"{spread / 3600:34.2f}")
 
 
 def main():
