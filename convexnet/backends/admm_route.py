@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from .._numerics import one_blas_thread
 from ..errors import InvalidInputError
 from . import Solution
 from .polish import applies as polish_applies
@@ -108,7 +109,8 @@ class ADMMBackend:
             dual = np.asarray(out.dual, dtype=float)
             if polish:
                 start = time.perf_counter()
-                polished = polish_solution(program, W, dual)
+                with one_blas_thread():
+                    polished = polish_solution(program, W, dual)
                 polish_time += time.perf_counter() - start
                 if polished is not None and polished.columns.all():
                     break

@@ -112,10 +112,12 @@ def _refine(program, solution: Solution, options: dict, verbose: bool, executor,
     refine_time = 0.0
     if polishing:
         # First on each column's likely support only (small programs), then whole columns.
+        from .._numerics import one_blas_thread
         from .restricted import restricted
 
         start = time.perf_counter()
-        found = restricted(program, W, dual, redo, options=options)
+        with one_blas_thread():
+            found = restricted(program, W, dual, redo, options=options)
         refine_time += time.perf_counter() - start
         if found is not None:
             W, dual = found.W, found.dual

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
 from ..fits import Below, Budget, Squared
 from ..penalties import L1
@@ -48,6 +49,8 @@ BOUND_TOL = 1e-9
 MULTIPLIER_TOL = 1e-9
 # The restricted system must hold to this fraction of the size of its terms.
 SYSTEM_TOL = 1e-10
+# Pivots of the tight rows' QR factorization below this fraction of the largest mark dependent rows.
+RANK_TOL = 1e-10
 # An inequality row within this fraction of the output scale of its bound starts in the active set.
 TIGHT_TOL = 1e-4
 
@@ -90,6 +93,26 @@ class _Column:
         self.B = X[below_rows]
         self.v = v[below_rows]
         self.weights = weights
+
+    def independent(self, S, K):
+        """``K`` without rows of ``B_KS`` that depend on the others (a degenerate vertex: more tight
+        rows than it needs, which makes the system singular). The rows kept are chosen by a QR
+        factorization with column pivoting of the unit-normed rows; a dropped row that the answer
+        then violates rejoins through the checks."""
+        count = int(K.sum())
+        if count <= 1 or not S.any():
+            return K
+        rows = self.B[K][:, S]
+        norms = np.linalg.norm(rows, axis=1)
+        _, R, pivots = scipy.linalg.qr((rows / np.where(norms > 0, norms, 1.0)[:, None]).T,
+                                       mode="economic", pivoting=True)
+        diagonal = np.abs(np.diag(R))
+        rank = int(np.sum(diagonal > RANK_TOL * max(diagonal.max(initial=0.0), 1e-300)))
+        if rank == count:
+            return K
+        kept = np.zeros(K.shape[0], dtype=bool)
+        kept[np.flatnonzero(K)[pivots[:rank]]] = True
+        return kept
 
     def solve(self, S, signs, K, lam):
         """``(w (N,), mu (|K|,))`` of the restricted system at ``lam``, or None when it is singular
@@ -306,6 +329,7 @@ def _active_set(column, sets, lam, weights, scale):
     pass: ``(w, mu, sets)``, or None after ``ROUNDS`` rounds or a singular system."""
     S, signs, K = sets
     for _ in range(ROUNDS):
+        K = column.independent(S, K)
         solved = column.solve(S, signs, K, lam)
         if solved is None:
             return None
@@ -350,6 +374,7 @@ def _budget_rounds(columns, sets, budget, start, weights, scale):
     """
     sets = list(sets)
     for _ in range(ROUNDS):
+        sets = [(S, signs, column.independent(S, K)) for column, (S, signs, K) in zip(columns, sets)]
         closed = _closed_form_multiplier(columns, sets, budget)
         if closed is None:
             # Exact for the sets held: no multiplier puts the residual on the budget.

@@ -350,6 +350,7 @@ def solve_here(program, engine, options: dict, verbose: bool, executor, sparsest
     in the whole program's units (the in-process solve's numbers, not a rescaled program's).
     """
     from .. import backends
+    from .._numerics import one_blas_thread
     from ..backends import options as backend_options
     from . import vertex
 
@@ -368,7 +369,8 @@ def solve_here(program, engine, options: dict, verbose: bool, executor, sparsest
     if (sparsest and solution.W is not None and vertex.applies(part)
             and solution.status in ("optimal", "optimal_inaccurate")):
         moved_at = time.perf_counter()
-        solution.W, moved = vertex.to_vertex(part, solution.W)
+        with one_blas_thread():
+            solution.W, moved = vertex.to_vertex(part, solution.W)
         solution.info = {**solution.info, "vertex_columns": int(moved.sum()),
                          "vertex_time": time.perf_counter() - moved_at}
     return solution

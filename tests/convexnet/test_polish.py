@@ -133,3 +133,23 @@ def test_the_closed_form_multiplier_meets_the_budget_and_agrees_with_a_root_sear
     assert np.linalg.norm(column.A @ w_closed - column.y) == pytest.approx(budget, rel=1e-10)
     assert nu == pytest.approx(nu_search, rel=1e-8)
     np.testing.assert_allclose(w_closed, w, atol=1e-5 * np.abs(w).max())  # Clarabel: ~1e-6
+
+
+def test_dependent_tight_rows_and_an_inactive_budget_still_polish():
+    """Degenerate vertices: every sample twice (each tight row has a twin, so the tight
+    rows' matrix loses rank) and, in a second layer, budgets loose enough to be inactive (the
+    optimum is a vertex of the linear program, nu = 0). The polish keeps an independent subset of
+    the tight rows and takes the vertex; the answer is Clarabel's."""
+    X, Y = relu_layer(150, 30, 8, seed=11)
+    X2, Y2 = np.vstack([X, X]), np.vstack([Y, Y])
+    # Inactive samples held below -0.3 (w = 0 is infeasible) and a budget twice the outputs' size.
+    V = np.where(Y == 0, -0.3, 0.0)
+    for problem in (cn.NetTrimProblem(X2, Y2, rel_epsilon=0.05, split_budget=True),
+                    cn.NetTrimProblem(X, Y, rel_epsilon=2.0, split_budget=True, V=V)):
+        clarabel = problem.solve("clarabel")
+        admm = problem.solve("admm", solver_options={"threads": 1})
+        assert admm.info["polished"].all()
+        assert admm.status == "optimal" and admm.certificate.ok
+        assert admm.objective == pytest.approx(clarabel.objective, rel=1e-6, abs=1e-9)
+    # The second program's optimum is the linear program's: no column's budget carries a multiplier.
+    assert (np.abs(np.where(Y > 0, admm.dual, 0.0)).max(axis=0) == 0).all()
