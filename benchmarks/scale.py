@@ -106,7 +106,7 @@ def measure(name, solve, workload, workers, reference):
                     sent=0, tasks=0, peak=peak_rss_mib(), growth=float("nan"),
                     difference=0.0 if reference is None else np.abs(answer - reference).max())
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as local, \
+                                  dashboard_address=":0") as local, \
             distributed.Client(local) as client:
         warm_up(client)
         before = client.run(peak_rss_mib)

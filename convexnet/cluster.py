@@ -95,7 +95,7 @@ def connect(scheduler: str | None = None, workers: int | None = None, *, timeout
     with contextlib.ExitStack() as stack:
         if workers is not None:
             local = stack.enter_context(distributed.LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None))
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0"))
             scheduler = local.scheduler_address
         try:
             client = stack.enter_context(distributed.Client(scheduler, timeout=timeout))

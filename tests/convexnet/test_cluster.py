@@ -26,7 +26,7 @@ from tests.models import mlp  # noqa: E402
 @pytest.fixture(scope="module")
 def client():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as local, \
+                                  dashboard_address=":0") as local, \
             distributed.Client(local) as client:
         yield client
 
@@ -151,7 +151,7 @@ def test_a_lost_scheduler_leaves_the_model_bit_identical_and_names_the_layer():
     calibration = torch.randn(60, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     before = snapshot(model)
     local = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                                     dashboard_address=None)
+                                     dashboard_address=":0")
     client = distributed.Client(local)
     try:
         def lose_the_cluster(index, n_layers, row):
