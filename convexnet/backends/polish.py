@@ -105,7 +105,7 @@ class _Column:
         rows = self.B[K][:, S]
         norms = np.linalg.norm(rows, axis=1)
         _, R, pivots = scipy.linalg.qr((rows / np.where(norms > 0, norms, 1.0)[:, None]).T,
-                                       mode="economic", pivoting=True)
+                                       mode="economic", pivoting=True, check_finite=False)
         diagonal = np.abs(np.diag(R))
         rank = int(np.sum(diagonal > RANK_TOL * max(diagonal.max(initial=0.0), 1e-300)))
         if rank == count:
@@ -206,11 +206,13 @@ def _closed_form_multiplier(columns, sets, budget: float):
     return 1.0 / (2.0 * t), outputs
 
 
-def polish(program, W, dual) -> Polished | None:
+def polish(program, W, dual, *, rounds: int = ROUNDS, starts: int = 2) -> Polished | None:
     """Polish ``W`` (N, M) with the help of ``dual`` (P, M); None when the program does not apply.
 
     Separable programs are polished column by column; a whole-matrix budget searches its one
-    multiplier with every column's restricted system at once.
+    multiplier with every column's restricted system at once. ``rounds`` bounds the active-set
+    corrections and ``starts`` the initial sets tried (see :func:`_initial_sets`): an early polish,
+    which ADMM's later steps may still make succeed, takes fewer of both.
     """
     if not applies(program) or W is None or dual is None:
         return None
@@ -225,16 +227,15 @@ def polish(program, W, dual) -> Polished | None:
 
     def initial(m, one):
         return [_initial_sets(one, W[:, m], dual, m, below, weights, scale, with_tight)
-                for with_tight in (False, True)]
+                for with_tight in (False, True)[:starts]]
 
     scale = max(program.output_scale, 1e-300)
-    start = _start_multiplier(fit, dual, W, X) if isinstance(fit, Budget) else np.ones(M)
     if isinstance(fit, Budget) and not fit.per_column:
         # One multiplier for every column: all columns' data are held at once.
         columns = [column(m) for m in range(M)]
         starts = list(zip(*[initial(m, one) for m, one in enumerate(columns)]))
         for state in starts:
-            found = _polish_coupled(fit, columns, list(state), W, dual, weights, scale, start)
+            found = _polish_coupled(fit, columns, list(state), W, dual, weights, scale, rounds)
             if found is not None:
                 return found
         return None
@@ -244,7 +245,7 @@ def polish(program, W, dual) -> Polished | None:
     for m in range(M):
         one = column(m)
         for state in initial(m, one):
-            found = _polish_column(one, state, fit, m, weights, scale, float(start[m]))
+            found = _polish_column(one, state, fit, m, weights, scale, rounds)
             if found is not None:
                 W_out[:, m], dual_out[:, m] = found
                 passed[m] = True
@@ -324,13 +325,19 @@ def _check(column, w, mu, S, signs, K, lam, weights, scale):
     return True, S, signs, K
 
 
-def _active_set(column, sets, lam, weights, scale):
+def _active_set(column, sets, lam, weights, scale, rounds=ROUNDS):
     """Solve one column's restricted system at ``lam``, correcting ``S`` and ``K`` until the checks
-    pass: ``(w, mu, sets)``, or None after ``ROUNDS`` rounds or a singular system."""
+    pass: ``(w, mu, sets)``, or None after ``rounds`` rounds or a singular system."""
     S, signs, K = sets
-    for _ in range(ROUNDS):
-        K = column.independent(S, K)
+    for _ in range(rounds):
         solved = column.solve(S, signs, K, lam)
+        if solved is None:
+            # Singular: dependent tight rows (a degenerate vertex) are dropped, once per round.
+            reduced = column.independent(S, K)
+            if reduced.sum() == K.sum():
+                return None
+            K = reduced
+            solved = column.solve(S, signs, K, lam)
         if solved is None:
             return None
         w, mu = solved
@@ -340,11 +347,11 @@ def _active_set(column, sets, lam, weights, scale):
     return None
 
 
-def _polish_column(column, sets, fit, m, weights, scale, start):
+def _polish_column(column, sets, fit, m, weights, scale, rounds):
     """One column's polished ``(w, Lambda)`` or None: at the fit's weight, or at the multiplier of
     its budget (see :func:`_budget_rounds`)."""
     if isinstance(fit, Squared):
-        found = _active_set(column, sets, fit.weight, weights, scale)
+        found = _active_set(column, sets, fit.weight, weights, scale, rounds)
         if found is None:
             return None
         w, mu, (_, _, K) = found
@@ -352,19 +359,19 @@ def _polish_column(column, sets, fit, m, weights, scale, start):
     if column.A.shape[0] == 0:
         # No fit rows (a unit never active): the budget is void, the column a linear program whose
         # optimality system does not involve the multiplier.
-        found = _active_set(column, sets, 1.0, weights, scale)
+        found = _active_set(column, sets, 1.0, weights, scale, rounds)
         if found is None:
             return None
         w, mu, (_, _, K) = found
         return w, _column_dual(column, fit, m, w, mu, K, 1.0)
-    found = _budget_rounds([column], [sets], float(fit.epsilon[m]), start, weights, scale)
+    found = _budget_rounds([column], [sets], float(fit.epsilon[m]), weights, scale, rounds)
     if found is None:
         return None
     nu, ((w, mu, (_, _, K)),) = found
     return w, _column_dual(column, fit, m, w, mu, K, nu)
 
 
-def _budget_rounds(columns, sets, budget, start, weights, scale):
+def _budget_rounds(columns, sets, budget, weights, scale, rounds=ROUNDS):
     """The multiplier ``nu`` of a budget shared by ``columns`` and their solutions there.
 
     Each round sets ``nu`` in closed form with the active sets held fixed
@@ -373,9 +380,14 @@ def _budget_rounds(columns, sets, budget, start, weights, scale):
     program, whose active set the corrections find): ``(nu, [(w, mu, sets)])``, or None.
     """
     sets = list(sets)
-    for _ in range(ROUNDS):
-        sets = [(S, signs, column.independent(S, K)) for column, (S, signs, K) in zip(columns, sets)]
+    for _ in range(rounds):
         closed = _closed_form_multiplier(columns, sets, budget)
+        if closed is None:
+            # Singular or no root: dependent tight rows (a degenerate vertex) are dropped, once.
+            reduced = [(S, signs, column.independent(S, K)) for column, (S, signs, K) in zip(columns, sets)]
+            if any(new[2].sum() < old[2].sum() for new, old in zip(reduced, sets)):
+                sets = reduced
+                closed = _closed_form_multiplier(columns, sets, budget)
         if closed is None:
             # Exact for the sets held: no multiplier puts the residual on the budget.
             return None
@@ -387,23 +399,13 @@ def _budget_rounds(columns, sets, budget, start, weights, scale):
                 outputs.append((w, mu, (S, signs, K)))
                 continue
             passed = False
-            found = _active_set(column, sets[index], nu, weights, scale)
+            found = _active_set(column, sets[index], nu, weights, scale, rounds)
             if found is None:
                 return None
             sets[index] = found[2]
         if passed:
             return nu, outputs
     return None
-
-
-def _start_multiplier(fit, dual, W, X) -> np.ndarray:
-    """The budget's multiplier read from the approximate dual: ``Lambda = 2 nu r`` on the fit's
-    rows, so ``nu = ||Lambda_fit|| / (2 ||r||)`` per column (1 where that is undefined)."""
-    residual = np.where(fit.mask, X @ W - fit.target, 0.0)
-    on_fit = np.where(fit.mask, dual, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        nu = np.linalg.norm(on_fit, axis=0) / (2.0 * np.linalg.norm(residual, axis=0))
-    return np.where(np.isfinite(nu) & (nu > 0), nu, 1.0)
 
 
 def _column_dual(column, fit, m, w, mu, K, lam):
@@ -415,9 +417,9 @@ def _column_dual(column, fit, m, w, mu, K, lam):
     return Lambda
 
 
-def _polish_coupled(fit, columns, state, W, dual, weights, scale, start):
+def _polish_coupled(fit, columns, state, W, dual, weights, scale, rounds):
     """A whole-matrix budget: one multiplier for every column (:func:`_budget_rounds`)."""
-    found = _budget_rounds(columns, state, float(fit.epsilon), float(np.median(start)), weights, scale)
+    found = _budget_rounds(columns, state, float(fit.epsilon), weights, scale, rounds)
     if found is None:
         return None
     nu, outputs = found
