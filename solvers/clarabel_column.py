@@ -86,77 +86,124 @@ def solve_l1_column(A, y, B, v, c, *, lam: float | None = None, epsilon: float |
     -------
     ColumnResult
     """
+    found = solve_l1_columns([(A, y, B, v, c)], lam=lam, epsilon=epsilon, settings=settings)[0]
+    if found.status != "optimal":
+        return found
+    A, B = np.asarray(A, dtype=float), np.asarray(B, dtype=float)
+    y, c = np.asarray(y, dtype=float).ravel(), np.asarray(c, dtype=float).ravel()
+    residual = A @ found.w - y
+    nu = float(lam) if epsilon is None else _multiplier(found.fit_dual, residual)
+    nu, mu = _refine_dual(A, residual, B, found.below_dual, c, found.w, nu, epsilon is not None)
+    return ColumnResult(found.w, 2.0 * nu * residual, mu, found.status)
+
+
+def solve_l1_columns(columns, *, lam: float | None = None, epsilon: float | None = None,
+                     settings: dict | None = None) -> list:
+    """Several column programs in one conic program; with ``epsilon``, under ONE shared budget
+    ``sum_m ||A_m w_m - y_m||^2 <= epsilon^2`` (a whole-layer budget), else each with its own
+    squared fit ``lam ||A_m w_m - y_m||^2``.
+
+    Parameters
+    ----------
+    columns : list of tuple ``(A, y, B, v, c)``
+        One per column, as in :func:`solve_l1_column`.
+    lam, epsilon, settings
+        As in :func:`solve_l1_column` (``epsilon`` the shared budget).
+
+    Returns
+    -------
+    list of ColumnResult
+        One per column, in order; the status is the whole program's.
+    """
     import clarabel
 
     if (lam is None) == (epsilon is None):
         raise ValueError("give exactly one of lam and epsilon")
-    A, B = np.asarray(A, dtype=float), np.asarray(B, dtype=float)
-    y, v, c = (np.asarray(a, dtype=float).ravel() for a in (y, v, c))
-    rows, n = A.shape
-    b = B.shape[0]
-    scale = max(np.abs(y).max(initial=0.0), np.abs(v).max(initial=0.0),
-                0.0 if epsilon is None else float(epsilon))
+    data = [(np.asarray(A, dtype=float), np.asarray(y, dtype=float).ravel(),
+             np.asarray(B, dtype=float), np.asarray(v, dtype=float).ravel(),
+             np.asarray(c, dtype=float).ravel()) for A, y, B, v, c in columns]
+    scale = max([np.abs(y).max(initial=0.0) for _, y, _, _, _ in data]
+                + [np.abs(v).max(initial=0.0) for _, _, _, v, _ in data]
+                + [0.0 if epsilon is None else float(epsilon)])
     scale = scale if scale > 0 else 1.0
-    A_fit, y_fit = A, y
-    y, v = y / scale, v / scale
-    if rows > n:
-        # Compress the fit: A = Q R gives ||A w - y||^2 = ||R w - Q^T y||^2 + ||y_perp||^2.
-        Q, A = np.linalg.qr(A)
-        projected = Q.T @ y
-        perp = float(np.linalg.norm(y - Q @ projected))
-        y = projected
-        if epsilon is not None:
-            if perp > float(epsilon) / scale:
-                return ColumnResult(np.zeros(n), np.zeros(rows), np.zeros(b), "infeasible")
-            epsilon = scale * np.sqrt((float(epsilon) / scale) ** 2 - perp ** 2)
-    f = A.shape[0]
-    penalized = np.flatnonzero(c > 0)
-    p = penalized.size
+    fits, targets, perp2 = [], [], 0.0
+    for A, y, _, _, _ in data:
+        y = y / scale
+        if A.shape[0] > A.shape[1]:
+            # Compress the fit: A = Q R gives ||A w - y||^2 = ||R w - Q^T y||^2 + ||y_perp||^2.
+            Q, A = np.linalg.qr(A)
+            projected = Q.T @ y
+            perp2 += float(np.sum((y - Q @ projected) ** 2))
+            y = projected
+        fits.append(A)
+        targets.append(y)
+    n = [A.shape[1] for A, *_ in data]
+    failed = [ColumnResult(np.zeros(A.shape[1]), np.zeros(A.shape[0]), np.zeros(B.shape[0]),
+                           "infeasible") for A, _, B, _, _ in data]
+    budget_scaled = None
+    if epsilon is not None:
+        if perp2 > (float(epsilon) / scale) ** 2:
+            return failed
+        budget_scaled = float(np.sqrt((float(epsilon) / scale) ** 2 - perp2))
+    penalized = [np.flatnonzero(c > 0) for *_, c in data]
+    f, p, b = (sum(A.shape[0] for A in fits), sum(k.size for k in penalized),
+               sum(B.shape[0] for _, _, B, _, _ in data))
+    N = sum(n)
     budget = epsilon is not None and f > 0
-    columns = n + p + f
-    select = sp.csc_matrix((np.ones(p), (np.arange(p), penalized)), shape=(p, n))
+    select = sp.block_diag([sp.csc_matrix((np.ones(k.size), (np.arange(k.size), k)),
+                                          shape=(k.size, width)) for k, width in zip(penalized, n)],
+                           format="csc")
+    fit_rows = sp.block_diag([sp.csc_matrix(A) for A in fits], format="csc")
+    below_rows = sp.block_diag([sp.csc_matrix(B) for _, _, B, _, _ in data], format="csc")
     I_p, I_f = sp.identity(p, format="csc"), sp.identity(f, format="csc")
-    blocks = [[sp.csc_matrix(-A), None, I_f],
-              [select, -I_p, None],
+    blocks = [[-fit_rows, sp.csc_matrix((f, p)), I_f],
+              [select, -I_p, sp.csc_matrix((p, f))],
               [-select, -I_p, None],
-              [sp.csc_matrix(B), None, None]]
-    h = [-y, np.zeros(2 * p), v]
-    cones = [clarabel.ZeroConeT(f), clarabel.NonnegativeConeT(2 * p + b)]
+              [below_rows, None, None]]
+    h = [-np.concatenate(targets + [np.zeros(0)]), np.zeros(2 * p),
+         np.concatenate([v for _, _, _, v, _ in data] + [np.zeros(0)]) / scale]
+    cones = [(clarabel.ZeroConeT, f), (clarabel.NonnegativeConeT, 2 * p + b)]
     if budget:
         blocks.append([None, None, sp.vstack([sp.csc_matrix((1, f)), -I_f])])
-        h.append(np.concatenate([[float(epsilon) / scale], np.zeros(f)]))
-        cones.append(clarabel.SecondOrderConeT(1 + f))
-    # Empty blocks still need their widths: give the first row explicit zero blocks.
-    blocks[0][1] = sp.csc_matrix((f, p))
-    blocks[1][2] = sp.csc_matrix((p, f))
+        h.append(np.concatenate([[budget_scaled], np.zeros(f)]))
+        cones.append((clarabel.SecondOrderConeT, 1 + f))
     G = sp.bmat(blocks, format="csc")
-    q = np.concatenate([np.zeros(n), c[penalized], np.zeros(f)])
+    q = np.concatenate([np.zeros(N)] + [c[k] for (*_, c), k in zip(data, penalized)] + [np.zeros(f)])
     quadratic = 0.0 if budget or lam is None else 2.0 * float(lam) * scale
-    P = sp.diags(np.concatenate([np.zeros(n + p), np.full(f, quadratic)]), format="csc")
-    P = sp.triu(P, format="csc")
+    P = sp.triu(sp.diags(np.concatenate([np.zeros(N + p), np.full(f, quadratic)]), format="csc"),
+                format="csc")
     options = clarabel.DefaultSettings()
     options.verbose = False
     for key, value in {**DEFAULT_SETTINGS, **(settings or {})}.items():
         if hasattr(options, key):
             setattr(options, key, value)
-    cones = [cone for cone, size in zip(cones, [f, 2 * p + b, 1 + f]) if size > 0]
-    solver = clarabel.DefaultSolver(P, q, G, np.concatenate(h), cones, options)
+    solver = clarabel.DefaultSolver(P, q, G, np.concatenate(h),
+                                    [cone(size) for cone, size in cones if size > 0], options)
     solution = solver.solve()
     status = _STATUS.get(str(solution.status).split(".")[-1], str(solution.status))
     x, z = np.asarray(solution.x, dtype=float), np.asarray(solution.z, dtype=float)
-    if x.shape[0] != columns or not np.all(np.isfinite(x)):
-        return ColumnResult(np.zeros(n), np.zeros(rows), np.zeros(b), "solver_error")
-    w = x[:n] * scale
-    # The fit's dual 2 nu (A w - y) on the original rows: nu = lam, or for the budget (in its norm
+    if x.shape[0] != N + p + f or not np.all(np.isfinite(x)):
+        return [ColumnResult(r.w, r.fit_dual, r.below_dual, "solver_error") for r in failed]
+    # The fits' duals 2 nu (A w - y) on the original rows: nu = lam, or for the budget (in its norm
     # form, multiplier z_0 of the cone) nu = z_0 / (2 epsilon) in scaled units.
     if budget:
-        nu = z[f + 2 * p + b] / (2.0 * float(epsilon) / scale) if epsilon > 0 else 0.0
+        nu = z[f + 2 * p + b] / (2.0 * budget_scaled) if budget_scaled > 0 else 0.0
     else:
         nu = 0.0 if lam is None else float(lam) * scale
-    residual = (A_fit @ w - y_fit) / scale
-    mu = z[f + 2 * p:f + 2 * p + b]
-    nu, mu = _refine_dual(A_fit, residual, B, mu, c, w, nu, budget)
-    return ColumnResult(w, 2.0 * nu * residual, mu, status)
+    out, at_w, at_b = [], 0, f + 2 * p
+    for A, y, B, _, _ in data:
+        w = x[at_w:at_w + A.shape[1]] * scale
+        mu = z[at_b:at_b + B.shape[0]]
+        residual = (A @ w - y) / scale
+        out.append(ColumnResult(w, 2.0 * nu * residual, mu, status))
+        at_w, at_b = at_w + A.shape[1], at_b + B.shape[0]
+    return out
+
+
+def _multiplier(fit_dual, residual) -> float:
+    """``nu`` with ``fit_dual = 2 nu residual`` (least squares; 0 for a zero residual)."""
+    size = float(residual @ residual)
+    return float(fit_dual @ residual) / (2.0 * size) if size > 0 else 0.0
 
 
 def _refine_dual(A, residual, B, mu, c, w, nu, budget):

@@ -153,3 +153,27 @@ def test_dependent_tight_rows_and_an_inactive_budget_still_polish():
         assert admm.objective == pytest.approx(clarabel.objective, rel=1e-6, abs=1e-9)
     # The second program's optimum is the linear program's: no column's budget carries a multiplier.
     assert (np.abs(np.where(Y > 0, admm.dual, 0.0)).max(axis=0) == 0).all()
+
+
+def test_a_whole_layer_budget_is_solved_again_on_every_columns_support():
+    """restricted_coupled: the columns of a whole-layer budget in one conic program on their
+    likely supports, grown from ADMM's rough point; the answer is Clarabel's. Its dual is the
+    interior point's, whose stationarity errors (about 5e-5 here) keep the certificate from 1e-6:
+    "auto" keeps such an answer only when the certificate passes."""
+    from convexnet.backends.restricted import restricted_coupled
+    from convexnet.certificates.programs import certify_program
+
+    X, Y = relu_layer(200, 40, 10, seed=5)
+    problem = cn.NetTrimProblem(X, Y, rel_epsilon=0.05)
+    rough = problem.solve("admm", solver_options={"polish": False, "threads": 1,
+                                                  "max_iterations": 300},
+                          certify=False, sparsest=False)
+    found = restricted_coupled(problem.program, rough.W_design, rough.dual)
+    assert found is not None and found.columns.all()
+    reference = problem.solve("clarabel", sparsest=False)
+    assert problem.objective(found.W) == pytest.approx(reference.objective, rel=1e-6)
+    assert problem.violation(found.W) <= 1e-7
+    assert certify_program(problem.program, found.W, found.dual, gap_tol=1e-3, feas_tol=1e-6).ok
+    # A separable program is not of this kind.
+    split = cn.NetTrimProblem(X, Y, rel_epsilon=0.05, split_budget=True)
+    assert restricted_coupled(split.program, rough.W_design, rough.dual) is None

@@ -6,7 +6,7 @@ import cvxpy as cp
 import numpy as np
 import pytest
 
-from solvers.clarabel_column import solve_l1_column
+from solvers.clarabel_column import solve_l1_column, solve_l1_columns
 
 
 def column_data(f, b, n, seed, rank=None):
@@ -82,3 +82,28 @@ def test_exactly_one_of_lam_and_epsilon():
         solve_l1_column(A, y, B, v, c)
     with pytest.raises(ValueError, match="exactly one"):
         solve_l1_column(A, y, B, v, c, lam=1.0, epsilon=1.0)
+
+
+def test_columns_under_one_shared_budget_match_cvxpy():
+    """A whole-layer budget: sum_m ||A_m w_m - y_m||^2 <= epsilon^2 couples the columns."""
+    blocks = [column_data(50, 20, 10, seed=s, rank=7 if s == 1 else None) for s in range(3)]
+    ws = [cp.Variable(A.shape[1]) for A, *_ in blocks]
+    residual = cp.hstack([A @ w - y for (A, y, *_), w in zip(blocks, ws)])
+    least = np.sqrt(sum(np.linalg.norm(A @ np.linalg.lstsq(A, y, rcond=None)[0] - y) ** 2
+                        for A, y, *_ in blocks))
+    total = np.sqrt(sum(np.linalg.norm(y) ** 2 for _, y, *_ in blocks))
+    epsilon = least + 0.3 * (total - least)
+    problem = cp.Problem(cp.Minimize(sum(c @ cp.abs(w) for (*_, c), w in zip(blocks, ws))),
+                         [cp.norm(residual) <= epsilon] + [B @ w <= v for (_, _, B, v, _), w in zip(blocks, ws)])
+    problem.solve(solver="CLARABEL", tol_gap_abs=1e-10, tol_gap_rel=1e-10, tol_feas=1e-10)
+    found = solve_l1_columns(blocks, epsilon=epsilon)
+    assert all(one.status == "optimal" for one in found)
+    assert sum(c @ np.abs(one.w) for (*_, c), one in zip(blocks, found)) == pytest.approx(problem.value, rel=1e-7)
+    residuals = [A @ one.w - y for (A, y, *_), one in zip(blocks, found)]
+    assert np.sqrt(sum(r @ r for r in residuals)) <= epsilon * (1 + 1e-8)
+    # One multiplier for every column: fit_dual_m = 2 nu r_m with the same nu > 0.
+    nus = [one.fit_dual @ r / (2 * (r @ r)) for one, r in zip(found, residuals)]
+    assert min(nus) > 0 and max(nus) == pytest.approx(min(nus), rel=1e-9)
+    for (A, y, B, v, c), one in zip(blocks, found):
+        correlation = A.T @ one.fit_dual + B.T @ one.below_dual
+        assert (np.abs(correlation) <= c * (1 + 1e-5) + 1e-5).all()  # interior-point accuracy
