@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .admm_operators import soft_threshold
+from .prox import prox_group_l1
 
 __all__ = ["QuadraticFit", "BallFit", "UpperBound", "WeightedL1", "GroupL2", "Projection", "Prox",
            "BUDGET_SCALE_FLOOR"]
@@ -302,11 +303,8 @@ class _PreparedWeight:
         if isinstance(kind, WeightedL1):
             return soft_threshold(points, self.thresholds / rho)
         if isinstance(kind, GroupL2):
-            norms = torch.linalg.vector_norm(points, dim=kind.axis, keepdim=True)
-            limit = self.thresholds / rho
-            keep = torch.clamp(1.0 - limit / torch.clamp(norms, min=torch.finfo(norms.dtype).tiny),
-                               min=0.0)
-            return points * keep
+            # The group soft threshold (one kernel for numpy and torch, overflow-free norms).
+            return prox_group_l1(points, step=self.thresholds / rho, axis=kind.axis)
         # Sets and general penalties, with one scalar row scale r (see module docstring):
         # prox of (t/s) h(s r .) at v is prox_{t s r^2 h}(s r v) / (s r).
         factor = float(self.row_scale.reshape(-1)[0]) * self.output_scale
