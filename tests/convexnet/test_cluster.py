@@ -143,7 +143,11 @@ def test_a_worker_killed_mid_layer_costs_only_its_tasks(client):
     assert not solving.is_alive()
     np.testing.assert_allclose(answer["result"].W, local.W, atol=1e-7)
     assert answer["result"].status == "optimal"
-    assert cluster.traffic(client).tasks > 8        # its tasks ran again
+    # The killed process is gone; the task it was running ran again elsewhere, by the scheduler's
+    # own retry or, when the scattered program died with it, by convexnet's resubmission (counted
+    # in traffic.tasks beyond the first 8): which of the two is a race, the complete answer is not.
+    assert pids[victim] not in client.run(os.getpid).values()
+    assert cluster.traffic(client).tasks >= 8
 
 
 def test_a_lost_scheduler_leaves_the_model_bit_identical_and_names_the_layer():
