@@ -124,6 +124,14 @@ def measure(name, solve, workload, workers, reference):
                 difference=np.abs(answer - reference).max())
 
 
+def compare(name, solve, workload) -> list:
+    """``workload`` in this process, then on 1 and 2 workers, each checked against the first."""
+    rows = []
+    for workers in (0, 1, 2):
+        rows.append(measure(name, solve, workload, workers, rows[0]["answer"] if rows else None))
+    return rows
+
+
 def table(rows, x_bytes: int, program_bytes: int) -> None:
     print(f"  {'where':>18} {'wall (s)':>9} {'tasks':>6} {'sent (MB)':>10} {'sent/X':>7} "
           f"{'sent/program':>13} {'worker peak (MiB)':>18} {'growth':>7} {'max |dW|':>9}")
@@ -212,23 +220,15 @@ def main():
     x_bytes, program_bytes = problem.program.X.nbytes, cluster.payload_bytes(problem.program)
     print(f"\nlayer: X ({P}, {N}) with the bias column, {M} columns, per-column budgets, auto; "
           f"X {x_bytes / 1e6:.2f} MB, the program {program_bytes / 1e6:.2f} MB")
-    rows = []
-    for workers in (0, 1, 2):
-        rows.append(measure("layer", solve_layer, problem, workers,
-                            None if not rows else rows[0]["answer"]))
-    table(rows, x_bytes, program_bytes)
-    layer_rows = rows
+    layer_rows = compare("layer", solve_layer, problem)
+    table(layer_rows, x_bytes, program_bytes)
 
     network = make_network(args.network_samples)
     x_bytes = sum(P_ * (n + 1) * 8 for P_, n in [(args.network_samples, a)
                                                   for a in (32, 256, 256, 256)])
     print(f"\nnetwork: 32 -> 256 -> 256 -> 256 -> 10, {args.network_samples} samples, parallel "
           f"mode, per-column budgets, auto; the four X {x_bytes / 1e6:.2f} MB")
-    rows = []
-    for workers in (0, 1, 2):
-        rows.append(measure("network", solve_network, network, workers,
-                            None if not rows else rows[0]["answer"]))
-    table(rows, x_bytes, x_bytes)
+    table(compare("network", solve_network, network), x_bytes, x_bytes)
 
     # Measured inputs of the model: one worker's seconds per column-entry (P * N), and the
     # client's own seconds per column-entry (with two workers: checks, clean, certificate).

@@ -110,6 +110,10 @@ class ModelStream:
         self.run([(adapter.hooked, _accumulator(adapter, bias, store))])
         return store["H"], store["rows"]
 
+    def reach(self, name: str) -> int | None:
+        """Get ready to take statistics of layer ``name``; its block's index (None: whole model)."""
+        return None
+
 
 class BlockStream(ModelStream):
     """Statistics from one block at a time (module docstring).
@@ -124,6 +128,7 @@ class BlockStream(ModelStream):
 
     def __init__(self, working, batches: list, blocks: list[str]):
         super().__init__(working, batches)
+        self.names = list(blocks)
         self.blocks = [working.get_submodule(name) for name in blocks]
         self.index = 0
         self.inputs = self._first_inputs()
@@ -193,6 +198,13 @@ class BlockStream(ModelStream):
         finally:
             for handle in handles:
                 handle.remove()
+
+    def reach(self, name: str) -> int | None:
+        """Advance to the block holding layer ``name`` (the layers come in forward order); its index."""
+        block = block_of(name, self.names)
+        while block is not None and self.index < block:
+            self.advance()
+        return block
 
     def advance(self) -> None:
         """Replace the recorded inputs by the current block's outputs; move to the next block."""

@@ -143,12 +143,8 @@ def prune(model: torch.nn.Module, calibration, *, target: Target | None, support
     order = _order(working, names, batches)
     work_adapters = capture.layer_adapters(working, names)
     reports, updates = [], {}
-    current = 0
     for index, name in enumerate(order):
-        block = block_of(name, blocks) if blocks else None
-        while blocks and current < block:
-            stream.advance()
-            current += 1
+        block = stream.reach(name)
         layer_start = time.perf_counter()
         adapter = work_adapters[name]
         # Refitting given masks starts from the dense weights (a pruned module's weight_orig).

@@ -272,13 +272,10 @@ def prune_units(model: torch.nn.Module, calibration, *, neurons, layers=None, se
         capture.run_model(working, batches[:1], hooks)
     order = layer_order(working, consumers, run)
     by_consumer = {group.consumers[0].module: group for group in groups}
-    reports, units, touched, current = [], {}, [], 0
+    reports, units, touched = [], {}, []
     for index, name in enumerate(order):
         group = by_consumer[name]
-        block = block_of(name, blocks) if blocks else None
-        while blocks and current < block:
-            stream.advance()
-            current += 1
+        block = stream.reach(name)
         tic = time.perf_counter()
         adapter = adapters[name]
         has_bias = adapter.blocks()[0].b is not None
