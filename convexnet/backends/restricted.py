@@ -8,7 +8,7 @@ of their weight, and the unpenalized rows, is small (``P x |S|`` instead of ``P 
 interior-point solver settles it: :func:`solvers.clarabel_column.solve_l1_column`, which builds
 Clarabel's conic form directly (about a millisecond per column where a CVXPY compile costs 20 ms).
 The answer is the full program's when the certificate's dual feasibility holds off that support,
-checked here: ``|X^T Lambda| <= c (1 + DUAL_TOL)`` on every other row; entries that fail join the
+checked here: ``|X^T Lambda| <= c (1 + GROW_TOL)`` on every other row; entries that fail join the
 support and the column is solved again. The inequality rows are a working set too: those nearly
 tight at ADMM's point first, then any the answer violates. The fit is compressed to ``|S|`` rows by
 a QR factorization inside the solver, so a column of a layer calibrated on thousands of samples is
