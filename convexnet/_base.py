@@ -102,6 +102,23 @@ class ConstraintSet(Parametrized):
         return graph_terms.Projection(self.project, separable=self.separable,
                                       scale_invariant=self.row_scalable, restrict=restrict)
 
+    def l1_prox(self):
+        """The prox of an l1 penalty plus the set's indicator, where it has a closed form:
+        ``prox(x, step) = argmin_{z in C} 0.5 ||z - x||^2 + sum step * |z|`` (``step`` broadcasting
+        to ``x``; :mod:`solvers.prox_constrained`); None for the sets without one."""
+        return None
+
+    def graph_term_with_l1(self, weights):
+        """The set and the penalty ``sum weights * |W|`` as one ADMM weight term
+        (:class:`solvers.graph_terms.ProjectedL1`), or None when their prox has no closed form here."""
+        if self.l1_prox() is None:
+            return None
+        from solvers import graph_terms
+
+        restrict = (lambda index: self.select_columns(index).l1_prox()) if self.separable else None
+        return graph_terms.ProjectedL1(weights, self.l1_prox(), separable=self.separable,
+                                       scale_invariant=self.row_scalable, restrict=restrict)
+
     def dual_part(self, S):
         """Split ``S`` (N, M) for the conjugate of a sum of terms: ``(cost, remainder)``.
 

@@ -87,6 +87,11 @@ class Penalty(Parametrized):
 
         return graph_terms.Prox(self.prox, separable=self.separable)
 
+    def graph_term_with(self, constraint):
+        """The penalty and the set ``constraint`` as one ADMM weight term, or None (then each is
+        its own term); only :class:`L1` fuses, with the sets that have a closed-form prox."""
+        return None
+
     def dual_part(self, S, W=None):
         """Split ``S`` (N, M) for the conjugate of a sum: ``(0, S - S_1)``.
 
@@ -186,8 +191,16 @@ class L1(Penalty):
     def graph_term(self):
         from solvers import graph_terms
 
-        weights = np.ones(1) if self.weights is None else self.weights
-        return graph_terms.WeightedL1(self.strength * weights)
+        return graph_terms.WeightedL1(self._graph_weights())
+
+    def _graph_weights(self) -> np.ndarray:
+        """``strength * c`` for the ADMM terms: shape (1,), (N,) or (N, M)."""
+        return self.strength * (np.ones(1) if self.weights is None else self.weights)
+
+    def graph_term_with(self, constraint):
+        """The l1 penalty restricted to ``constraint`` as one term
+        (:class:`solvers.graph_terms.ProjectedL1`) when the set has a closed-form prox with it."""
+        return constraint.graph_term_with_l1(self._graph_weights())
 
     def free_rows(self, N: int) -> np.ndarray:
         if self.strength == 0:

@@ -17,6 +17,8 @@ Weight terms (``g_i``); with more than one, the engine gives each its own copy o
 - :class:`WeightedL1`: ``sum c * |W|`` (``c`` per row or per entry);
 - :class:`GroupL2`: ``strength * sum of the l2 norms of the rows`` (``axis=1``) or columns (``axis=0``);
 - :class:`Projection`: the indicator of a set, given by its Euclidean projection;
+- :class:`ProjectedL1`: ``sum c * |W|`` plus the indicator of a set, as one term, given by the prox
+  of the sum (a closed form for the sets of :mod:`solvers.prox_constrained`);
 - :class:`Prox`: any penalty given by its prox (nonconvex ones included).
 
 A term is ``separable`` when it is a sum of per-column terms; then the engine may give every column
@@ -35,8 +37,8 @@ import torch
 from .admm_operators import soft_threshold
 from .prox import prox_group_l1
 
-__all__ = ["QuadraticFit", "BallFit", "UpperBound", "WeightedL1", "GroupL2", "Projection", "Prox",
-           "BUDGET_SCALE_FLOOR"]
+__all__ = ["QuadraticFit", "BallFit", "UpperBound", "WeightedL1", "GroupL2", "Projection",
+           "ProjectedL1", "Prox", "BUDGET_SCALE_FLOOR"]
 
 # A budget smaller than this fraction of ||Y_mask|| is measured against the fraction instead, so that
 # epsilon = 0 (exact interpolation) still has a finite relative violation.
@@ -259,6 +261,47 @@ class Projection:
                           scale_invariant=self.row_scalable, restrict=self.restrict)
 
 
+class ProjectedL1:
+    r"""``sum c * |W|`` restricted to a set ``C``: an l1 penalty and a constraint as one term.
+
+    .. math:: g(W) = \sum_{ij} c_{ij} |W_{ij}| + \iota_C(W), \qquad
+              \operatorname{prox}(x, s) = \operatorname{argmin}_{z \in C}
+              \tfrac12 \|z - x\|^2 + \textstyle\sum s \odot |z|,
+
+    with ``c >= 0`` of shape (N,) (per row) or (N, M), and ``prox(x, step)`` (``step`` broadcasting
+    to ``x``, numpy or torch in, same out) a closed form (:mod:`solvers.prox_constrained`). As one
+    term the engine keeps one copy of ``W`` fewer than ``WeightedL1`` plus ``Projection``, and the
+    point it reports is sparse and inside ``C`` at once. It is the first weight term of a program
+    (the engine checks the sets among the later terms, and this one needs no check).
+    """
+
+    is_constraint = False
+
+    def __init__(self, weights, prox, *, separable: bool, scale_invariant: bool = False,
+                 restrict=None):
+        self.weights = weights
+        self.prox = prox
+        self.separable = bool(separable)
+        # restrict(index) -> the prox on the columns ``index`` of the full problem (separable sets).
+        self.restrict = restrict
+        # As for Projection: only a coordinate cone (a support mask) keeps its shape under every
+        # positive row scaling; otherwise the engine equilibrates with one scalar.
+        self.row_scalable = bool(scale_invariant)
+
+    def prepare(self, *, device, dtype, row_scale: torch.Tensor, output_scale: float):
+        weights = _tensor(self.weights, device, torch.float64)
+        if weights.ndim == 1:
+            weights = weights[:, None]
+        return _PreparedWeight(self, (weights * row_scale).to(dtype), row_scale, output_scale)
+
+    def select_columns(self, index: np.ndarray) -> "ProjectedL1":
+        """The term on the columns ``index`` (of the full problem) alone."""
+        if self.restrict is None:
+            raise ValueError("this set couples the columns; it has no per-column prox.")
+        return ProjectedL1(self.weights, self.restrict(index), separable=True,
+                           scale_invariant=self.row_scalable, restrict=self.restrict)
+
+
 class Prox:
     """A penalty given by ``prox(x, step) = argmin_z step * h(z) + 1/2 ||z - x||^2``."""
 
@@ -288,14 +331,15 @@ class _PreparedWeight:
     columns: np.ndarray | None = None
 
     def select(self, keep: torch.Tensor) -> "_PreparedWeight":
+        selected = self
         if self.thresholds is not None and self.thresholds.ndim == 2 and self.thresholds.shape[1] > 1:
-            return dataclasses.replace(self, thresholds=self.thresholds[:, keep])
-        if isinstance(self.kind, Projection) and self.kind.restrict is not None:
+            selected = dataclasses.replace(selected, thresholds=self.thresholds[:, keep])
+        if isinstance(self.kind, (Projection, ProjectedL1)) and self.kind.restrict is not None:
             mask = keep.detach().cpu().numpy()
             columns = (np.arange(mask.shape[0]) if self.columns is None else self.columns)[mask]
-            return dataclasses.replace(self, kind=self.kind.select_columns(columns),
-                                       columns=columns)
-        return self
+            selected = dataclasses.replace(selected, kind=self.kind.select_columns(columns),
+                                           columns=columns)
+        return selected
 
     def prox(self, points: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
         """``argmin_W g(W) + rho/2 ||W - points||^2`` in scaled units; ``rho`` (1, Mw) or (1, 1)."""
@@ -308,6 +352,13 @@ class _PreparedWeight:
         # Sets and general penalties, with one scalar row scale r (see module docstring):
         # prox of (t/s) h(s r .) at v is prox_{t s r^2 h}(s r v) / (s r).
         factor = float(self.row_scale.reshape(-1)[0]) * self.output_scale
+        if isinstance(kind, ProjectedL1):
+            # Row-scaled units: the l1 term is already in the thresholds; a scalar r leaves the
+            # prox of c |.| + iota_C in original units (x f, step f, then / f, with f = s r).
+            step = self.thresholds / rho
+            if kind.row_scalable:
+                return kind.prox(points, step)
+            return kind.prox(points * factor, step * factor) / factor
         if isinstance(kind, Projection):
             if kind.row_scalable:
                 return kind.project(points)
@@ -318,7 +369,7 @@ class _PreparedWeight:
     def value(self, W: torch.Tensor) -> float:
         """``g(W)`` in original units for the convex penalties (0 for sets)."""
         kind = self.kind
-        if isinstance(kind, WeightedL1):
+        if isinstance(kind, (WeightedL1, ProjectedL1)):
             weights = _tensor(kind.weights, W.device, W.dtype)
             weights = weights[:, None] if weights.ndim == 1 else weights
             return float((weights * W.abs()).sum())

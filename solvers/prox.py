@@ -311,6 +311,13 @@ def _check_steps(step, like):
     and ``>= 0``."""
     if np.ndim(step) == 0 and not _arrays.is_tensor(step):
         return _check_step(step)
+    if _arrays.is_tensor(step) and _arrays.is_tensor(like) and step.device == like.device:
+        # Checked where it lies: the ADMM engine passes a step per entry at every iteration, and a
+        # round trip through the host would cost more than the prox.
+        step = step.detach().to(namespace(like).float64)
+        if not bool((step >= 0).all() & step.isfinite().all()):
+            raise ValueError("step must hold finite numbers >= 0.")
+        return step
     host = np.asarray(step.detach().cpu() if _arrays.is_tensor(step) else step, dtype=np.float64)
     if not np.all(np.isfinite(host)) or np.any(host < 0):
         raise ValueError("step must hold finite numbers >= 0.")

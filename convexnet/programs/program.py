@@ -212,7 +212,20 @@ class SparsityProgram:
         from solvers.graph_form import GraphForm
 
         return GraphForm.from_terms(self.X, [term.graph_term() for term in self.fits],
-                                    [term.graph_term() for term in self.weight_terms])
+                                    self._graph_weight_terms())
+
+    def _graph_weight_terms(self) -> list:
+        """The weight terms in the engine's terms. The first penalty and set whose sum has a
+        closed-form prox (an L1 penalty and an l1, L1,inf or sum-of-max ball or a Mask) become one
+        term, placed first; every other term is its own."""
+        for penalty in self.penalties:
+            for constraint in self.sets:
+                fused = penalty.graph_term_with(constraint)
+                if fused is not None:
+                    rest = [term for term in self.weight_terms
+                            if term is not penalty and term is not constraint]
+                    return [fused, *(term.graph_term() for term in rest)]
+        return [term.graph_term() for term in self.weight_terms]
 
     def select_columns(self, index) -> "SparsityProgram":
         """The program of the columns ``index`` alone (separable programs: the columns are independent)."""

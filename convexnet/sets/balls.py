@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers import prox, prox_matrix
+from solvers import prox, prox_constrained, prox_matrix
 
 from .._base import RadiusBall, as_numpy
 from .._validation import check_integer
@@ -57,6 +57,11 @@ class L1Ball(RadiusBall):
         _check_axis(self.axis, x)
         return prox.project_l1_ball(x, radius=self.radius, axis=self.axis)
 
+    def l1_prox(self):
+        """``prox(x, step)``: :func:`solvers.prox_constrained.prox_l1_in_l1_ball`."""
+        return lambda x, step: prox_constrained.prox_l1_in_l1_ball(x, step=step, radius=self.radius,
+                                                                   axis=self.axis)
+
     def norm(self, x) -> np.ndarray:
         """``sum |x|`` (per slice when ``axis`` is set), in float64."""
         _check_axis(self.axis, x)
@@ -85,6 +90,10 @@ class L1InfBall(RadiusBall):
             raise InvalidInputError(f"x must be a matrix (N, M); got shape {tuple(x.shape)}.")
         return prox.project_l1_inf_ball(x, radius=self.radius)
 
+    def l1_prox(self):
+        """``prox(x, step)``: :func:`solvers.prox_constrained.prox_l1_in_l1_inf_ball`."""
+        return lambda x, step: prox_constrained.prox_l1_in_l1_inf_ball(x, step=step, radius=self.radius)
+
     def support(self, S) -> np.ndarray:
         """``radius * max_n |S[n, m]|`` per column (the dual norm sums them)."""
         return self.radius * np.abs(as_numpy(S)).max(axis=0, initial=0.0)
@@ -112,6 +121,11 @@ class SumOfMaxBall(RadiusBall):
 
     def _project(self, x):
         return prox_matrix.project_sum_of_max_ball(x, radius=self.radius)
+
+    def l1_prox(self):
+        """``prox(x, step)``: :func:`solvers.prox_constrained.prox_l1_in_sum_of_max_ball`."""
+        return lambda x, step: prox_constrained.prox_l1_in_sum_of_max_ball(x, step=step,
+                                                                           radius=self.radius)
 
     def norm(self, x) -> float:
         """``sum_i max_j |W[i, j]|``, in float64."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers import prox, prox_matrix
+from solvers import prox, prox_constrained, prox_matrix
 
 from .._base import ConstraintSet, as_numpy
 from .._validation import as_data, as_float_array, check_integer, is_tensor
@@ -299,6 +299,10 @@ class Mask(ConstraintSet):
 
     def select_columns(self, index) -> "Mask":
         return Mask(self.support_mask[:, index])
+
+    def l1_prox(self):
+        """``prox(x, step)``: :func:`solvers.prox_constrained.prox_l1_in_mask`."""
+        return lambda x, step: prox_constrained.prox_l1_in_mask(x, step=step, mask=self.support_mask)
 
     def column_cvxpy(self, w, z):
         import cvxpy as cp

@@ -253,3 +253,71 @@ def test_l1_ball_far_outside_lands_on_the_boundary(radius):
     out = sets.L1Ball(radius).project(x)
     assert abs(np.abs(out).sum() - radius) <= 1e-12 * radius
     assert sets.L1Ball(radius).contains(out) and np.all(np.sign(out) * np.sign(x) >= 0)
+
+
+# ---------------------------------------------------------------- an L1 penalty and a set on ADMM
+def _layer(seed=0, P=40, N=8, M=3):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((P, N))
+    W0 = rng.standard_normal((N, M)) * (rng.random((N, M)) < 0.6)
+    return X, X @ W0 + 0.05 * rng.standard_normal((P, M)), W0 != 0
+
+
+# The set, and its constraint on the CVXPY variable written out from its definition.
+FUSED = [
+    ("l1 ball", lambda support: sets.L1Ball(3.0), lambda W: [cp.sum(cp.abs(W)) <= 3.0]),
+    ("l1 ball per column", lambda support: sets.L1Ball(1.0, axis=0),
+     lambda W: [cp.sum(cp.abs(W), axis=0) <= 1.0]),
+    ("L1,inf ball", lambda support: sets.L1InfBall(1.5), lambda W: [cp.sum(cp.abs(W), axis=0) <= 1.5]),
+    ("sum-of-max ball", lambda support: sets.SumOfMaxBall(2.0),
+     lambda W: [cp.sum(cp.max(cp.abs(W), axis=1)) <= 2.0]),
+    ("mask", lambda support: sets.Mask(support), None),
+]
+
+
+@pytest.mark.parametrize("name, make_set, written", FUSED, ids=[case[0] for case in FUSED])
+def test_l1_and_a_set_with_a_closed_form_prox_are_one_admm_term_and_match_cvxpy(name, make_set, written):
+    from solvers import graph_terms
+
+    from convexnet import fits, penalties
+
+    X, Y, support = _layer()
+    # A last row left unpenalized (a bias row), so that the per-row weights reach the fused prox.
+    weights = np.r_[np.ones(X.shape[1] - 1), 0.0]
+    constraint = make_set(support)
+    program = convexnet.SparsityProgram(X, fit=fits.Squared(Y, weight=10.0),
+                                        penalty=penalties.L1(0.7, weights=weights),
+                                        constraints=[constraint])
+    terms = program.to_graph_form().weights
+    assert len(terms) == 1 and isinstance(terms[0], graph_terms.ProjectedL1)
+    W = cp.Variable((X.shape[1], Y.shape[1]))
+    objective = 10.0 * cp.sum_squares(X @ W - Y) + 0.7 * cp.sum(cp.multiply(weights[:, None], cp.abs(W)))
+    constraints = written(W) if written else [W[~support] == 0]
+    problem = cp.Problem(cp.Minimize(objective), constraints)
+    problem.solve(solver="CLARABEL", tol_gap_abs=1e-11, tol_gap_rel=1e-11, tol_feas=1e-11)
+    result = program.solve("admm", solver_options={"abs_tol": 1e-10, "rel_tol": 1e-10})
+    assert result.status == "optimal" and result.violation == 0.0
+    assert abs(result.objective - problem.value) <= 1e-9 * problem.value
+    np.testing.assert_allclose(result.W, W.value, rtol=0, atol=1e-6)
+
+
+def test_only_the_first_fusable_pair_fuses_and_other_sets_stay_terms():
+    from solvers import graph_terms
+
+    from convexnet import fits, penalties
+
+    X, Y, support = _layer(1)
+    program = convexnet.SparsityProgram(X, fit=fits.Squared(Y), penalty=penalties.L1(0.5),
+                                        constraints=[sets.NuclearBall(5.0), sets.L1InfBall(2.0),
+                                                     sets.Mask(support)])
+    kinds = [type(term) for term in program.to_graph_form().weights]
+    assert kinds == [graph_terms.ProjectedL1, graph_terms.Projection, graph_terms.Projection]
+    # Without a penalty, or with a set that has no closed form with l1, nothing fuses.
+    plain = convexnet.SparsityProgram(X, fit=fits.Squared(Y), penalty=penalties.L1(0.5),
+                                      constraints=[sets.NuclearBall(5.0)])
+    assert [type(term) for term in plain.to_graph_form().weights] == [graph_terms.WeightedL1,
+                                                                      graph_terms.Projection]
+    group = convexnet.SparsityProgram(X, fit=fits.Squared(Y), penalty=penalties.GroupL1(0.5),
+                                      constraints=[sets.L1InfBall(2.0)])
+    assert [type(term) for term in group.to_graph_form().weights] == [graph_terms.GroupL2,
+                                                                      graph_terms.Projection]
