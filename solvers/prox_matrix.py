@@ -106,11 +106,13 @@ def project_sum_of_max_ball(x, *, radius: float):
     ``mu_i > 0`` loses exactly ``sum_j max(|W[i, j]| - mu_i, 0) = theta``, and rows with
     ``||W[i, :]||_1 <= theta`` are zeroed. Each cap is a decreasing, piecewise-linear function of
     ``theta`` whose breakpoints come from the row sorted by magnitude; so is their sum ``g(theta)``.
-    The kernel sorts every row (``O(N M log M)``, the cost of Quattoni et al.'s method), then runs
-    Newton's method on ``g`` from ``theta = 0`` (Chu et al.'s root-finding), each step a binary search
-    per row; the steps end, exactly, when no row changes piece. The rows are batched: no Python
-    loop over them. A CPU tensor is processed by the numpy form on a view of its memory. (A matrix
-    inside the ball is recognized from its sorted rows, so it costs the sort too.)
+    The row norms first give a level ``theta_0 <= theta`` (see :func:`_level_floor`): the rows with
+    ``||W[i, :]||_1 <= theta_0`` are zero, and only the others are sorted (``O(N' M log M)``, the cost
+    of Quattoni et al.'s method on the ``N'`` rows left; a small radius leaves few). Newton's method
+    on ``g`` then runs from ``theta_0`` (Chu et al.'s root-finding), each step a binary search per
+    row; the steps end, exactly, when no row changes piece. The rows are batched: no Python loop
+    over them. A CPU tensor is processed by the numpy form on a view of its memory. (A matrix inside
+    the ball is recognized from its sorted rows, so it costs the sort too.)
 
     Parameters
     ----------
@@ -131,15 +133,78 @@ def project_sum_of_max_ball(x, *, radius: float):
     rows, columns = x.shape
     if rows * columns == 0:
         return _arrays.copy(x)
-    ordered = _arrays.sorted_magnitudes(x)
-    if float(xp.sum(ordered[:, 0])) <= radius:
-        return _arrays.copy(x)
     if radius == 0:
-        return xp.zeros_like(x)
-    caps = _arrays.cast_like(_sum_of_max_caps(ordered, radius), x)
+        return xp.zeros_like(x) if bool(xp.any(x != 0)) else _arrays.copy(x)
+    norms = xp.sum(xp.abs(x), 1, dtype=xp.float64)
+    floor = _level_floor(norms, radius * columns)
+    # Rows whose l1 norm is at most the level lose everything: only the others are sorted.
+    kept = _arrays.flat_nonzero(norms > floor * (1.0 - 1e-9)) if floor > 0 else None
+    if kept is not None and _arrays.size(kept) < rows:
+        caps = _arrays.new_array(np.zeros((rows, 1)), norms)
+        caps[kept] = _sum_of_max_caps(_arrays.sorted_magnitudes(x[kept]), radius, floor)
+        return _clip_rows(x, _arrays.cast_like(caps, x), xp.empty_like(x))
+    ordered = _arrays.sorted_magnitudes(x)
+    # Outside for sure when the norms give a level; otherwise the row maxima tell.
+    if floor == 0 and float(xp.sum(ordered[:, 0])) <= radius:
+        return _arrays.copy(x)
+    caps = _sum_of_max_caps(ordered, radius, floor)
     # The kernel is done with the sorted rows' buffer (numpy's now holds piece starts): reuse it.
     out = ordered if ordered.dtype == x.dtype else xp.empty_like(x)
-    return _arrays.clip_into(x, -caps, caps, out=out)
+    return _clip_rows(x, _arrays.cast_like(caps, x), out)
+
+
+def _level_floor(norms, budget: float) -> float:
+    r"""A level ``theta_0 <= theta`` of :func:`project_sum_of_max_ball` from the row norms alone.
+
+    A row that loses ``theta`` keeps a cap ``mu_i >= (||W_i||_1 - theta) / M`` (all ``M`` entries
+    clipped at most), so ``r = sum_i mu_i >= sum_i max(||W_i||_1 - theta, 0) / M``: the level is at
+    least the l1-ball threshold ``theta_0`` of the norms for the radius ``r M`` (0 when they are
+    inside). Rows with ``||W_i||_1 <= theta_0`` are zero in the projection.
+    """
+    xp = namespace(norms)
+    if float(xp.sum(norms)) <= budget:
+        return 0.0
+    ordered = _arrays.sort_descending(norms)
+    partial = xp.cumsum(ordered, 0)
+    positions = _arrays.new_array(np.arange(1, ordered.shape[0] + 1), partial)
+    count = max(int(xp.sum(ordered * positions > partial - budget)), 1)
+    return max(float((partial[count - 1] - budget) / count), 0.0)
+
+
+def _level_bound(partial_sums, radius: float) -> float:
+    r"""A level ``theta_k <= theta`` for each ``k`` in 1, 2, 4, ..., M; the largest of them.
+
+    A convex piecewise-linear cap is the largest of its pieces, so ``mu_i(theta) >= max(S_i(k) -
+    theta, 0) / k`` for any ``k`` (``S_i(k)`` the sum of the row's ``k`` largest magnitudes), and
+    ``r = sum_i mu_i(theta) >= sum_i max(S_i(k) - theta, 0) / k``: ``theta`` is at least the
+    l1-ball threshold ``theta_k`` of the column ``S(k)`` for the radius ``r k`` (0 when inside).
+    Newton's method started there needs a few steps instead of a dozen from 0 (:func:`_level_floor`
+    is the case ``k = M``).
+    """
+    xp = namespace(partial_sums)
+    rows, columns = partial_sums.shape
+    sizes = sorted({1 << power for power in range(columns.bit_length()) if 1 << power <= columns} | {columns})
+    budgets = radius * _arrays.new_array(np.array(sizes, dtype=np.float64), partial_sums)
+    ordered = _arrays.sort_descending(partial_sums[:, [size - 1 for size in sizes]].T, axis=-1)
+    cumulative = xp.cumsum(ordered, 1)
+    positions = _arrays.new_array(np.arange(1, rows + 1, dtype=np.float64), ordered)
+    count = xp.clip(xp.sum(ordered * positions > cumulative - budgets[:, None], 1), 1, None)
+    levels = (_arrays.take_along_axis(cumulative, (count - 1)[:, None], axis=1)[:, 0] - budgets) / count
+    levels = xp.where(cumulative[:, -1] > budgets, levels, 0.0)
+    return max(float(xp.amax(levels)), 0.0)
+
+
+def _clip_rows(x, caps, out):
+    """``sign(x) min(|x|, caps)`` into ``out``; ``caps`` (N, 1) in ``x``'s dtype. torch's clamp with
+    per-row bounds (on a view of numpy's memory) runs in 0.95 ms on 1000 x 1000 where ``np.clip``
+    takes 1.6 ms; the results are the same numbers."""
+    if _arrays.is_tensor(x):
+        return _arrays.clip_into(x, -caps, caps, out=out)
+    import torch
+
+    high = torch.from_numpy(caps)
+    torch.clamp(torch.from_numpy(x), -high, high, out=torch.from_numpy(out))
+    return out
 
 
 def _count_starts_below(starts, level):
@@ -162,13 +227,13 @@ def _count_starts_below(starts, level):
     return count
 
 
-def _sum_of_max_level(partial_sums, starts, radius):
+def _sum_of_max_level(partial_sums, starts, radius, floor: float):
     """The common level ``theta`` of :func:`project_sum_of_max_ball`, by Newton's method on ``g``.
 
     ``g(theta) = sum_i mu_i(theta)`` is convex, decreasing and piecewise linear; row ``i`` is on
     the piece that keeps ``k_i`` entries, ``mu_i = (S_i(k_i) - theta) / k_i``, where ``k_i`` is the
-    number of its piece starts below ``theta`` (a binary search in the row). From ``theta = 0``,
-    left of the root, each Newton step solves the current pieces' linear equation and lands left of
+    number of its piece starts below ``theta`` (a binary search in the row). From ``floor`` (0 or
+    :func:`_level_floor`'s bound), left of the root, each Newton step solves the current pieces' linear equation and lands left of
     the root again (convexity), at the root once no row changes piece: the pieces only move forward,
     so the steps are finitely many, each ``O(N log M)`` after the ``O(N M log M)`` sort (Chu et al.'s
     root-finding; a handful of steps in practice).
@@ -176,7 +241,7 @@ def _sum_of_max_level(partial_sums, starts, radius):
     xp = namespace(partial_sums)
     rows, columns = partial_sums.shape
     norms = partial_sums[:, -1:]
-    theta = _arrays.new_array(np.zeros((rows, 1)), partial_sums)
+    theta = _arrays.new_array(np.full((rows, 1), floor), partial_sums)
     pieces = None
     for _ in range(rows * columns + 1):
         counts = _count_starts_below(starts, theta)
@@ -199,7 +264,21 @@ def _sum_of_max_level(partial_sums, starts, radius):
     return float(theta[0, 0])
 
 
-def _sum_of_max_caps(ordered, radius):
+def _row_cumsum(x):
+    """Running sums along the rows of the float64 matrix ``x`` (a new array of its kind).
+
+    A numpy array is summed by torch on a view of its memory: the same left-to-right order (the
+    same float64 sums, bitwise), four times faster than ``np.cumsum`` along rows (1.0 against 4.0
+    ms for 1000 x 1000 on the 2-core dev box).
+    """
+    if _arrays.is_tensor(x):
+        return x.cumsum(1)
+    import torch
+
+    return torch.from_numpy(x).cumsum(1).numpy()
+
+
+def _sum_of_max_caps(ordered, radius, floor: float):
     """The row caps ``mu`` (shape ``(N, 1)``, float64) of :func:`project_sum_of_max_ball`.
 
     With each row sorted descending, ``v_i(1) >= ... >= v_i(M)``, and ``S_i(k)`` the sum of its
@@ -212,12 +291,12 @@ def _sum_of_max_caps(ordered, radius):
     """
     xp = namespace(ordered)
     rows, columns = ordered.shape
-    partial_sums = xp.cumsum(ordered, 1)
+    partial_sums = _row_cumsum(ordered)
     sizes = _arrays.new_array(np.arange(1, columns + 1, dtype=np.float64), ordered)
     # numpy's starts overwrite the sorted values (one buffer fewer to fault in); torch's may not.
     starts = ordered if not _arrays.is_tensor(ordered) else xp.empty_like(ordered)
     starts = xp.subtract(partial_sums, xp.multiply(ordered, sizes, out=starts), out=starts)
-    level = _sum_of_max_level(partial_sums, starts, radius)
+    level = _sum_of_max_level(partial_sums, starts, radius, max(floor, _level_bound(partial_sums, radius)))
 
     # Redo the last step from each row's own piece, so that the running sums' rounding drops out.
     counts = _count_starts_below(starts, _arrays.new_array(np.full((rows, 1), level), starts))

@@ -315,3 +315,38 @@ def test_l1_threshold_is_the_closed_formula_on_the_exact_active_set(distribution
     tau, _, _ = _l1_search.thresholds(x.reshape(1, -1, 1), magnitudes.reshape(1, -1, 1).copy(), radius)
     error = abs(Fraction(float(tau.reshape(()))) - exact)
     assert error <= 8 * np.finfo(float).eps * total / count + Fraction(math.ulp(float(exact)))
+
+
+def sum_of_max_by_bisection(x, radius):
+    """An independent reference: bisection on the common level ``theta``; each row's cap is the
+    l1-ball threshold of the row for the radius ``theta`` (Held-Wolfe-Crowder on the sorted row)."""
+    ordered = -np.sort(-np.abs(x), axis=1)
+    partial = np.cumsum(ordered, axis=1)
+    positions = np.arange(1, x.shape[1] + 1)
+
+    def caps(theta):
+        count = np.maximum(np.sum(ordered * positions > partial - theta, axis=1), 1)
+        mu = (partial[np.arange(x.shape[0]), count - 1] - theta) / count
+        return np.where(partial[:, -1] > theta, mu, 0.0)
+
+    low, high = 0.0, float(partial[:, -1].max())
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if caps(middle).sum() > radius else (low, middle)
+    mu = caps(high)[:, None]
+    return np.sign(x) * np.minimum(np.abs(x), mu)
+
+
+@pytest.mark.parametrize("distribution", ["standard_normal", "standard_cauchy"])
+@pytest.mark.parametrize("fraction", [1e-3, 0.02, 0.2, 0.6])
+def test_sum_of_max_ball_with_pruned_rows_and_a_started_newton_matches_bisection(distribution, fraction):
+    """Small radii zero most rows before any sort (the norms' bound) and Newton starts from the
+    sorted rows' bound: the answer is still the projection."""
+    x = getattr(np.random.default_rng(7), distribution)(size=(80, 50))
+    radius = fraction * float(np.abs(x).max(axis=1).sum())
+    out = project_sum_of_max_ball(x, radius=radius)
+    reference = sum_of_max_by_bisection(x, radius)
+    np.testing.assert_allclose(out, reference, rtol=0, atol=1e-9 * np.abs(x).max())
+    assert abs(np.abs(out).max(axis=1).sum() - radius) <= 1e-12 * radius
+    tensor = project_sum_of_max_ball(torch.tensor(x), radius=radius)
+    np.testing.assert_array_equal(tensor.numpy(), out)
