@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from . import _arrays, _l1_search, _l1_threshold
+from . import _arrays, _l1_search, _l1_threshold, _l1_vector
 from ._arrays import namespace
 
 __all__ = [
@@ -118,6 +118,11 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     if radius == 0:
         return xp.zeros_like(x)
     rows = _three_axes(x, axis)
+    if not _arrays.is_tensor(x) and rows.shape[0] * rows.shape[2] == 1 \
+            and rows.shape[1] >= _l1_vector.VECTOR_MIN:
+        out = _project_vector(rows.reshape(-1), radius)
+        if out is not None:
+            return out.reshape(x.shape)
     # C order: the threshold search and the scatter address entries by their C-ordered position.
     magnitudes = _arrays.contiguous(xp.abs(rows))
     found = _l1_search.thresholds(rows, magnitudes, radius)
@@ -135,6 +140,32 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     if _arrays.size(far):
         out = _l1_threshold.reproject_rows(rows, out, far, radius)
     return out.reshape(x.shape)
+
+
+def _project_vector(x, radius: float):
+    """:func:`project_l1_ball` of one long numpy vector by :mod:`solvers._l1_vector` (one buffer of
+    the input's size, the output); None when that path defers to the general search.
+
+    With few survivors the threshold is rounded once from the exact sum of the support
+    (:func:`solvers._l1_vector.exact_threshold`) and the survivors are written into the zeroed
+    buffer; otherwise the closed formula on the active set, its sums in float64, is applied densely.
+    """
+    magnitudes = np.abs(x)
+    found = _l1_vector.vector_threshold(magnitudes, radius)
+    if found is None:
+        return None
+    tau, support = found
+    if support is None:
+        if x.dtype == np.float64:
+            return _l1_vector.soft_threshold_into(np.ascontiguousarray(x), tau, magnitudes)
+        return _l1_threshold.soft_threshold_dense(x, np.float64(tau), out=magnitudes)
+    values = x[support].astype(np.float64)
+    tau = _l1_vector.exact_threshold(np.abs(values), radius)
+    shrunk = np.abs(values) - tau
+    written = shrunk > 0
+    magnitudes.fill(0.0)
+    magnitudes[support[written]] = np.copysign(shrunk[written], values[written])
+    return magnitudes
 
 
 def project_l1_inf_ball(x, *, radius: float):
