@@ -135,12 +135,14 @@ def project_sum_of_max_ball(x, *, radius: float):
         return _arrays.copy(x)
     if radius == 0:
         return xp.zeros_like(x) if bool(xp.any(x != 0)) else _arrays.copy(x)
-    norms = xp.sum(xp.abs(x), 1, dtype=xp.float64)
-    floor = _level_floor(norms, radius * columns)
+    floor = 0.0
+    if _prunes_rows(x, radius):
+        norms = xp.sum(xp.abs(x), 1, dtype=xp.float64)
+        floor = _level_floor(norms, radius * columns)
     # Rows whose l1 norm is at most the level lose everything: only the others are sorted.
     kept = _arrays.flat_nonzero(norms > floor * (1.0 - 1e-9)) if floor > 0 else None
     if kept is not None and _arrays.size(kept) < rows:
-        caps = _arrays.new_array(np.zeros((rows, 1)), norms)
+        caps = _arrays.new_array(np.zeros((rows, 1)), x, dtype=xp.float64)
         caps[kept] = _sum_of_max_caps(_arrays.sorted_magnitudes(x[kept]), radius, floor)
         return _clip_rows(x, _arrays.cast_like(caps, x), xp.empty_like(x))
     ordered = _arrays.sorted_magnitudes(x)
@@ -151,6 +153,23 @@ def project_sum_of_max_ball(x, *, radius: float):
     # The kernel is done with the sorted rows' buffer (numpy's now holds piece starts): reuse it.
     out = ordered if ordered.dtype == x.dtype else xp.empty_like(x)
     return _clip_rows(x, _arrays.cast_like(caps, x), out)
+
+
+# The row norms (a pass over the matrix) are computed when a sample of rows says that at least
+# this fraction of the rows would be zeroed by the norms' level.
+PRUNED_FRACTION = 0.125
+
+
+def _prunes_rows(x, radius: float) -> bool:
+    """Whether every ``s``-th row (about 64 of them), as a problem of its own with the radius
+    scaled by its share of the rows, zeroes at least ``PRUNED_FRACTION`` of them by
+    :func:`_level_floor`: then the full norms are worth their pass."""
+    xp = namespace(x)
+    rows, columns = x.shape
+    sample = x[::max(rows // 64, 1)]
+    norms = xp.sum(xp.abs(sample), 1, dtype=xp.float64)
+    floor = _level_floor(norms, radius * columns * sample.shape[0] / rows)
+    return floor > 0 and float(xp.sum(norms <= floor)) >= PRUNED_FRACTION * sample.shape[0]
 
 
 def _level_floor(norms, budget: float) -> float:
