@@ -143,11 +143,11 @@ def project_sum_of_max_ball(x, *, radius: float):
     kept = _arrays.flat_nonzero(norms > floor * (1.0 - 1e-9)) if floor > 0 else None
     if kept is not None and _arrays.size(kept) < rows:
         caps = _arrays.new_array(np.zeros((rows, 1)), x, dtype=xp.float64)
-        caps[kept] = _sum_of_max_caps(_arrays.sorted_magnitudes(x[kept]), radius, floor)
+        caps[kept] = _sum_of_max_caps(_negated_sorted_magnitudes(x[kept]), radius, floor)
         return _clip_rows(x, _arrays.cast_like(caps, x), xp.empty_like(x))
-    ordered = _arrays.sorted_magnitudes(x)
+    ordered = _negated_sorted_magnitudes(x)
     # Outside for sure when the norms give a level; otherwise the row maxima tell.
-    if floor == 0 and float(xp.sum(ordered[:, 0])) <= radius:
+    if floor == 0 and -float(xp.sum(ordered[:, 0])) <= radius:
         return _arrays.copy(x)
     caps = _sum_of_max_caps(ordered, radius, floor)
     # The kernel is done with the sorted rows' buffer (numpy's now holds piece starts): reuse it.
@@ -190,7 +190,7 @@ def _level_floor(norms, budget: float) -> float:
     return max(float((partial[count - 1] - budget) / count), 0.0)
 
 
-def _level_bound(partial_sums, radius: float) -> float:
+def _level_bound(negative_sums, radius: float) -> float:
     r"""A level ``theta_k <= theta`` for each ``k`` in 1, 2, 4, ..., M; the largest of them.
 
     A convex piecewise-linear cap is the largest of its pieces, so ``mu_i(theta) >= max(S_i(k) -
@@ -198,13 +198,13 @@ def _level_bound(partial_sums, radius: float) -> float:
     ``r = sum_i mu_i(theta) >= sum_i max(S_i(k) - theta, 0) / k``: ``theta`` is at least the
     l1-ball threshold ``theta_k`` of the column ``S(k)`` for the radius ``r k`` (0 when inside).
     Newton's method started there needs a few steps instead of a dozen from 0 (:func:`_level_floor`
-    is the case ``k = M``).
+    is the case ``k = M``). ``negative_sums`` holds ``-S``.
     """
-    xp = namespace(partial_sums)
-    rows, columns = partial_sums.shape
+    xp = namespace(negative_sums)
+    rows, columns = negative_sums.shape
     sizes = sorted({1 << power for power in range(columns.bit_length()) if 1 << power <= columns} | {columns})
-    budgets = radius * _arrays.new_array(np.array(sizes, dtype=np.float64), partial_sums)
-    ordered = _arrays.sort_descending(partial_sums[:, [size - 1 for size in sizes]].T, axis=-1)
+    budgets = radius * _arrays.new_array(np.array(sizes, dtype=np.float64), negative_sums)
+    ordered = _arrays.sort_descending(-negative_sums[:, [size - 1 for size in sizes]].T, axis=-1)
     cumulative = xp.cumsum(ordered, 1)
     positions = _arrays.new_array(np.arange(1, rows + 1, dtype=np.float64), ordered)
     count = xp.clip(xp.sum(ordered * positions > cumulative - budgets[:, None], 1), 1, None)
@@ -246,7 +246,7 @@ def _count_starts_below(starts, level):
     return count
 
 
-def _sum_of_max_level(partial_sums, starts, radius, floor: float):
+def _sum_of_max_level(negative_sums, starts, radius, floor: float):
     """The common level ``theta`` of :func:`project_sum_of_max_ball`, by Newton's method on ``g``.
 
     ``g(theta) = sum_i mu_i(theta)`` is convex, decreasing and piecewise linear; row ``i`` is on
@@ -257,10 +257,10 @@ def _sum_of_max_level(partial_sums, starts, radius, floor: float):
     so the steps are finitely many, each ``O(N log M)`` after the ``O(N M log M)`` sort (Chu et al.'s
     root-finding; a handful of steps in practice).
     """
-    xp = namespace(partial_sums)
-    rows, columns = partial_sums.shape
-    norms = partial_sums[:, -1:]
-    theta = _arrays.new_array(np.full((rows, 1), floor), partial_sums)
+    xp = namespace(negative_sums)
+    rows, columns = negative_sums.shape
+    norms = -negative_sums[:, -1:]
+    theta = _arrays.new_array(np.full((rows, 1), floor), negative_sums)
     pieces = None
     for _ in range(rows * columns + 1):
         counts = _count_starts_below(starts, theta)
@@ -272,7 +272,7 @@ def _sum_of_max_level(partial_sums, starts, radius, floor: float):
         pieces = current
         index = xp.clip(counts - 1, 0, columns - 1)
         sizes = _arrays.to_float64(index + 1)
-        row_sums = _arrays.take_along_axis(partial_sums, index, axis=1)
+        row_sums = -_arrays.take_along_axis(negative_sums, index, axis=1)
         value = xp.sum(xp.where(active, (row_sums - theta) / sizes, 0.0))
         slope = xp.sum(xp.where(active, 1.0 / sizes, 0.0))
         step = (value - radius) / slope if float(slope) > 0 else 0.0
@@ -281,6 +281,16 @@ def _sum_of_max_level(partial_sums, starts, radius, floor: float):
             break
         theta = theta + step
     return float(theta[0, 0])
+
+
+def _negated_sorted_magnitudes(x):
+    """``-|x|`` in float64 with each row sorted ascending (the largest magnitudes first), a new
+    array; numpy sorts the ``copysign`` of ``x`` in place."""
+    if _arrays.is_tensor(x):
+        return namespace(x).sort(-_arrays.to_float64(x).abs(), dim=1).values
+    ordered = np.copysign(_arrays.to_float64(x), -1.0)
+    ordered.sort(axis=1)
+    return ordered
 
 
 def _row_cumsum(x):
@@ -297,7 +307,7 @@ def _row_cumsum(x):
     return torch.from_numpy(x).cumsum(1).numpy()
 
 
-def _sum_of_max_caps(ordered, radius, floor: float):
+def _sum_of_max_caps(negated, radius, floor: float):
     """The row caps ``mu`` (shape ``(N, 1)``, float64) of :func:`project_sum_of_max_ball`.
 
     With each row sorted descending, ``v_i(1) >= ... >= v_i(M)``, and ``S_i(k)`` the sum of its
@@ -305,17 +315,19 @@ def _sum_of_max_caps(ordered, radius, floor: float):
     ``mu_i(theta) = (S_i(k) - theta) / k``. That piece starts at ``B_i(k) = S_i(k) - k v_i(k)``
     (where ``mu_i`` reaches ``v_i(k)``; ``B_i(1) = 0``, non-decreasing in ``k``), and after
     ``||row||_1 = S_i(M)`` the row is zero. :func:`_sum_of_max_level` finds the level; the caps are
-    then recomputed from each row's own piece. ``ordered`` holds the rows' magnitudes sorted
-    descending, float64; numpy's is overwritten with the piece starts.
+    then recomputed from each row's own piece. ``negated`` holds ``-v`` (float64, each row ascending,
+    so that no pass negates the sort), and the running sums ``-S``: ``B = k (-v) - (-S)``, the same
+    numbers as ``S - k v``. numpy's ``negated`` is overwritten with the piece starts.
     """
-    xp = namespace(ordered)
-    rows, columns = ordered.shape
-    partial_sums = _row_cumsum(ordered)
-    sizes = _arrays.new_array(np.arange(1, columns + 1, dtype=np.float64), ordered)
+    xp = namespace(negated)
+    rows, columns = negated.shape
+    negative_sums = _row_cumsum(negated)
+    sizes = _arrays.new_array(np.arange(1, columns + 1, dtype=np.float64), negated)
     # numpy's starts overwrite the sorted values (one buffer fewer to fault in); torch's may not.
-    starts = ordered if not _arrays.is_tensor(ordered) else xp.empty_like(ordered)
-    starts = xp.subtract(partial_sums, xp.multiply(ordered, sizes, out=starts), out=starts)
-    level = _sum_of_max_level(partial_sums, starts, radius, max(floor, _level_bound(partial_sums, radius)))
+    starts = negated if not _arrays.is_tensor(negated) else xp.empty_like(negated)
+    starts = xp.subtract(xp.multiply(negated, sizes, out=starts), negative_sums, out=starts)
+    level = _sum_of_max_level(negative_sums, starts, radius,
+                              max(floor, _level_bound(negative_sums, radius)))
 
     # Redo the last step from each row's own piece, so that the running sums' rounding drops out.
     counts = _count_starts_below(starts, _arrays.new_array(np.full((rows, 1), level), starts))
@@ -323,11 +335,11 @@ def _sum_of_max_caps(ordered, radius, floor: float):
     # or above their norm (r far below the data's spacing); their piece is then the last one that
     # counts their nonzero entries: the pieces that start below the norm are those of the nonzero
     # entries (a zero entry's piece starts at the norm).
-    norms = _arrays.contiguous(partial_sums[:, -1:])
+    norms = -_arrays.contiguous(negative_sums[:, -1:])
     active = (level <= norms) | (norms == xp.amax(norms))
     last_piece = _count_starts_below(starts, norms)
     index = xp.clip(xp.minimum(counts, last_piece) - 1, 0, columns - 1)
-    row_sums = _arrays.take_along_axis(partial_sums, index, axis=1)
+    row_sums = -_arrays.take_along_axis(negative_sums, index, axis=1)
     row_sizes = _arrays.to_float64(index + 1)
     # Relative to the largest active row sum P: with d_i = S_i - P, the level is P + level' and the
     # caps (d_i - level') / k_i. Forming S_i - level directly cancels: a radius 1e-7 of the data's
