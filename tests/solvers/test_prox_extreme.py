@@ -20,7 +20,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 
-from solvers import _l1_search
+from solvers import _arrays, _l1_search
 from solvers.prox import (project_l1_ball, project_l1_inf_ball, prox_l0, prox_l1,
                           prox_transformed_l1)
 from solvers.prox_matrix import project_nuclear_ball, project_sum_of_max_ball
@@ -337,12 +337,15 @@ def sum_of_max_by_bisection(x, radius):
     return np.sign(x) * np.minimum(np.abs(x), mu)
 
 
-@pytest.mark.parametrize("distribution", ["standard_normal", "standard_cauchy"])
+@pytest.mark.parametrize("distribution, shape", [("standard_normal", (80, 50)),
+                                                 ("standard_cauchy", (80, 50)),
+                                                 ("standard_normal", (700, 30))])
 @pytest.mark.parametrize("fraction", [1e-3, 0.02, 0.2, 0.6])
-def test_sum_of_max_ball_with_pruned_rows_and_a_started_newton_matches_bisection(distribution, fraction):
+def test_sum_of_max_ball_with_pruned_rows_and_a_started_newton_matches_bisection(distribution, shape,
+                                                                                 fraction, monkeypatch):
     """Small radii zero most rows before any sort (the norms' bound) and Newton starts from the
-    sorted rows' bound: the answer is still the projection."""
-    x = getattr(np.random.default_rng(7), distribution)(size=(80, 50))
+    sorted rows' bound: the answer is still the projection, in numpy and in the torch form."""
+    x = getattr(np.random.default_rng(7), distribution)(size=shape)
     radius = fraction * float(np.abs(x).max(axis=1).sum())
     out = project_sum_of_max_ball(x, radius=radius)
     reference = sum_of_max_by_bisection(x, radius)
@@ -350,3 +353,6 @@ def test_sum_of_max_ball_with_pruned_rows_and_a_started_newton_matches_bisection
     assert abs(np.abs(out).max(axis=1).sum() - radius) <= 1e-12 * radius
     tensor = project_sum_of_max_ball(torch.tensor(x), radius=radius)
     np.testing.assert_array_equal(tensor.numpy(), out)
+    monkeypatch.setattr(_arrays, "HOST_NUMPY", False)
+    torch_form = project_sum_of_max_ball(torch.tensor(x), radius=radius).numpy()
+    np.testing.assert_allclose(torch_form, reference, rtol=0, atol=1e-9 * np.abs(x).max())
