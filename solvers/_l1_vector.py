@@ -16,21 +16,20 @@ one with fewer passes and no fresh large buffers). With ``v = |x|`` (n entries) 
 
 Whenever the bracket missed, the row may be far (its threshold far above its outputs, see
 :mod:`solvers._l1_threshold`) or the vector is inside the ball, :func:`vector_threshold` returns None
-and the general search decides. :func:`exact_threshold` evaluates ``(sum_K v - r) / |K|`` rounded
-once, from an error-free split of the sum, when ``K`` is gathered (few survivors).
+and the general search decides. When ``K`` is gathered (few survivors),
+:func:`solvers._l1_threshold.rounded_thresholds` evaluates ``(sum_K v - r) / |K|`` rounded once.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from fractions import Fraction
 
 import numpy as np
 
 from ._l1_threshold import FAR_RATIO
 
-__all__ = ["vector_threshold", "exact_threshold", "VECTOR_MIN"]
+__all__ = ["vector_threshold", "soft_threshold_into", "VECTOR_MIN"]
 
 # Vectors at least this long take this path (shorter ones gain nothing from the sample).
 VECTOR_MIN = 1 << 16
@@ -122,31 +121,6 @@ def vector_threshold(magnitudes, radius: float):
         return tau, None
     kept_positions = positions[values > tau]
     return tau, np.concatenate([np.flatnonzero(top), kept_positions]) if count_top else kept_positions
-
-
-def exact_threshold(values, radius: float) -> float:
-    r"""``(sum(values) - radius) / len(values)`` rounded once to float64 (``values``: float64 >= 0).
-
-    The sum is split without error: with ``C`` a power of two above ``2 k max(values)``, the parts
-    ``(v + C) - C`` are multiples of ``ulp(C)`` whose sum is exact in any order, and the remainders
-    ``v - ((v + C) - C)`` (exact, at most ``ulp(C) / 2``) are split once more the same way. The last
-    remainders' float64 sum errs by about ``k^4 max 2^-157``, below the threshold's last place unless
-    ``max / tau`` exceeds about ``2^45``. The parts, the radius and the count then meet in exact
-    rational arithmetic, and the quotient is rounded once.
-    """
-    count = values.shape[0]
-    parts, rest = [], values
-    for _ in range(2):
-        largest = float(rest.max()) if count else 0.0
-        if largest == 0.0:
-            break
-        scale = math.ldexp(1.0, math.frexp(largest)[1] + count.bit_length() + 1)
-        high = (rest + scale) - scale
-        parts.append(float(high.sum()))
-        rest = rest - high
-    parts.append(float(rest.sum()))
-    numerator = sum((Fraction(part) for part in parts), Fraction(0)) - Fraction(radius)
-    return float(numerator / count)
 
 
 def soft_threshold_into(x, tau: float, out):

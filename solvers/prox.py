@@ -131,6 +131,7 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     tau, candidates, far = found
     # Scattering few survivors into fresh zeros beats three dense passes, up to about 1/64 of the entries.
     if candidates is not None:
+        tau = _rounded_on_support(rows, tau, candidates, radius)
         out = _l1_threshold.soft_threshold_sparse(rows, tau, *candidates)
     else:
         out = _l1_threshold.soft_threshold_dense(rows, tau, out=magnitudes)
@@ -142,12 +143,26 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     return out.reshape(x.shape)
 
 
+def _rounded_on_support(rows, tau, candidates, radius: float):
+    """``tau`` (``(before, 1, after)``) with every row outside the ball given its threshold rounded
+    once from its active set (:func:`solvers._l1_threshold.rounded_thresholds`), when the search
+    gathered the candidates (few survivors)."""
+    xp = namespace(rows)
+    positions, labels = candidates
+    values = xp.abs(_arrays.to_float64(rows.reshape(-1)[positions]))
+    flat = tau.reshape(-1)
+    active = values > (flat if labels is None else flat[labels])
+    rounded = _l1_threshold.rounded_thresholds(values[active], None if labels is None else labels[active],
+                                               flat.shape[0], radius)
+    return xp.where((flat > 0) & (rounded > 0), rounded, flat).reshape(tau.shape)
+
+
 def _project_vector(x, radius: float):
     """:func:`project_l1_ball` of one long numpy vector by :mod:`solvers._l1_vector` (one buffer of
     the input's size, the output); None when that path defers to the general search.
 
     With few survivors the threshold is rounded once from the exact sum of the support
-    (:func:`solvers._l1_vector.exact_threshold`) and the survivors are written into the zeroed
+    (:func:`solvers._l1_threshold.rounded_thresholds`) and the survivors are written into the zeroed
     buffer; otherwise the closed formula on the active set, its sums in float64, is applied densely.
     """
     magnitudes = np.abs(x)
@@ -160,7 +175,7 @@ def _project_vector(x, radius: float):
             return _l1_vector.soft_threshold_into(np.ascontiguousarray(x), tau, magnitudes)
         return _l1_threshold.soft_threshold_dense(x, np.float64(tau), out=magnitudes)
     values = x[support].astype(np.float64)
-    tau = _l1_vector.exact_threshold(np.abs(values), radius)
+    tau = float(_l1_threshold.rounded_thresholds(np.abs(values), None, 1, radius)[0])
     shrunk = np.abs(values) - tau
     written = shrunk > 0
     magnitudes.fill(0.0)

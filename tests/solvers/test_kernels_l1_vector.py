@@ -1,4 +1,5 @@
-"""The l1-ball projection of one long vector (solvers._l1_vector), against exact rational arithmetic.
+"""The l1-ball projection of one long vector (solvers._l1_vector) and the batched thresholds rounded
+once (solvers._l1_threshold.rounded_thresholds), against exact rational arithmetic.
 
 Oracles: the sort-based rule (Held, Wolfe and Crowder) in float64 for the answer; the active set and
 the threshold in exact rational arithmetic (``fractions``) for the support and, when few entries
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from solvers import _l1_vector
+from solvers import _arrays, _l1_threshold, _l1_vector
 from solvers.prox import project_l1_ball
 
 N = 1 << 17
@@ -60,7 +61,7 @@ def test_few_survivors_give_the_threshold_to_the_last_bit(distribution, fraction
     _, ordered, count = sort_based(x, radius)
     tau, support = _l1_vector.vector_threshold(magnitudes, radius)
     assert support is not None and support.size == count
-    rounded = _l1_vector.exact_threshold(magnitudes[support], radius)
+    rounded = float(_l1_threshold.rounded_thresholds(magnitudes[support], None, 1, radius)[0])
     assert rounded == float(exact_tau(ordered, count, radius))
     # The float64 formula alone is within a few units in the last place; the rounded one is exact.
     assert abs(tau - rounded) <= 64 * math.ulp(rounded)
@@ -72,7 +73,7 @@ def test_exact_threshold_survives_cancellation_and_wide_ranges():
     values = np.array([1e16, 1.0, 1.0, 3.0, 2.0 ** -40])
     radius = 1e16 - 7.0
     exact = (sum(Fraction(float(v)) for v in values) - Fraction(radius)) / values.size
-    assert _l1_vector.exact_threshold(values, radius) == float(exact)
+    assert float(_l1_threshold.rounded_thresholds(values, None, 1, radius)[0]) == float(exact)
 
 
 @pytest.mark.parametrize("case", ["float32", "strided", "reversed", "torch", "inside", "far"])
@@ -108,3 +109,23 @@ def test_long_vector_variants_agree_with_the_general_search(case, monkeypatch):
         assert np.array_equal(out, x)
     if case == "far":
         assert abs(np.abs(out).sum() - radius) <= 1e-6 * radius
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch form"])
+def test_batched_columns_with_few_survivors_get_the_threshold_to_the_last_bit(kind, monkeypatch):
+    """Every column of a matrix (the general, batched search) with few survivors: each survivor is
+    ``|x| - tau`` for the exact rational threshold rounded once."""
+    # Columns of similar sizes: each keeps 5 to 30 entries (none far, none inside; the far rows'
+    # shifted redo is tested in test_prox_extreme.py).
+    x = np.random.default_rng(6).standard_normal((4000, 6)) * np.array([1.0, 1.3, 0.8, 1.1, 0.9, 1.2])
+    radius = 5.0
+    if kind == "torch form":
+        monkeypatch.setattr(_arrays, "HOST_NUMPY", False)
+        out = project_l1_ball(torch.tensor(x), radius=radius, axis=0).numpy()
+    else:
+        out = project_l1_ball(x, radius=radius, axis=0)
+    for column in range(x.shape[1]):
+        _, ordered, count = sort_based(x[:, column], radius)
+        tau = float(exact_tau(ordered, count, radius))
+        expected = np.sign(x[:, column]) * np.maximum(np.abs(x[:, column]) - tau, 0.0)
+        np.testing.assert_array_equal(out[:, column], expected)
