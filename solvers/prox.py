@@ -149,6 +149,11 @@ def _rounded_on_support(rows, tau, candidates, radius: float):
     gathered the candidates (few survivors)."""
     xp = namespace(rows)
     positions, labels = candidates
+    # A redone row lists its candidates twice (stale and new): each entry once for the sums.
+    positions = xp.unique(positions)
+    if labels is not None:
+        before, n, after = rows.shape
+        labels = (positions // (n * after)) * after + positions % after
     values = xp.abs(_arrays.to_float64(rows.reshape(-1)[positions]))
     flat = tau.reshape(-1)
     active = values > (flat if labels is None else flat[labels])

@@ -129,3 +129,27 @@ def test_batched_columns_with_few_survivors_get_the_threshold_to_the_last_bit(ki
         tau = float(exact_tau(ordered, count, radius))
         expected = np.sign(x[:, column]) * np.maximum(np.abs(x[:, column]) - tau, 0.0)
         np.testing.assert_array_equal(out[:, column], expected)
+
+
+def test_rounded_thresholds_count_a_redone_column_once():
+    """400 columns with few survivors: one column's sampled bracket misses (seed 2) and is searched
+    again; its candidates are listed twice, and its threshold still comes out exact."""
+    from solvers import _l1_search
+
+    calls = []
+    redo = _l1_search._redo
+
+    def spy(*arguments):
+        calls.append(arguments)
+        return redo(*arguments)
+
+    x = np.random.default_rng(2).standard_normal((3000, 400))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_l1_search, "_redo", spy)
+        out = project_l1_ball(x, radius=4.0, axis=0)
+    assert calls
+    for column in range(x.shape[1]):
+        _, ordered, count = sort_based(x[:, column], 4.0)
+        tau = float(exact_tau(ordered, count, 4.0))
+        np.testing.assert_array_equal(out[:, column],
+                                      np.sign(x[:, column]) * np.maximum(np.abs(x[:, column]) - tau, 0.0))
