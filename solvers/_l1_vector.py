@@ -36,10 +36,10 @@ VECTOR_MIN = 1 << 16
 # Sample size and bracket half-width (standard deviations of the sample's count), as in _l1_search.
 VECTOR_SAMPLE = 16384
 SPREAD = 2.5
-# The mask buffers are kept per thread up to this many entries (2 bytes each); longer vectors get
-# fresh ones. Fresh buffers cost their page faults on every call: on 1e6 entries the search took 4.4
-# ms with them and 2.6 ms with kept ones (2-core dev box).
-KEPT_ENTRIES = 1 << 25
+# The mask buffers are kept per thread up to this many entries (2 bytes each: at most 8 MiB held);
+# longer vectors get fresh ones. Fresh buffers cost their page faults on every call: on 1e6 entries
+# the search took 4.4 ms with them and 2.6 ms with kept ones (2-core dev box).
+KEPT_ENTRIES = 1 << 22
 
 _kept = threading.local()
 
