@@ -87,7 +87,10 @@ def project_l1_ball(x, *, radius: float, axis: int | None = None):
     active set ``K``, where ``tau = (sum_K |v_i| - r) / |K|``. A missed bracket is redone from one
     the miss proved. All slices are processed together (no Python loop over them), on the input's
     device; a CPU tensor is processed by the numpy form, on a view of its memory (see
-    :func:`solvers._arrays.numpy_on_cpu`).
+    :func:`solvers._arrays.numpy_on_cpu`). One long numpy vector takes a leaner path with the same
+    steps (:mod:`solvers._l1_vector`). When at most 1/64 of the entries survive, ``K`` is gathered
+    and ``tau`` is the exact rational value rounded once
+    (:func:`solvers._l1_threshold.rounded_thresholds`); otherwise its sums are float64 ones.
 
     Parameters
     ----------
