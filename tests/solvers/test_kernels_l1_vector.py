@@ -153,3 +153,13 @@ def test_rounded_thresholds_count_a_redone_column_once():
         tau = float(exact_tau(ordered, count, 4.0))
         np.testing.assert_array_equal(out[:, column],
                                       np.sign(x[:, column]) * np.maximum(np.abs(x[:, column]) - tau, 0.0))
+
+
+def test_dense_output_without_torch_out_form_is_the_same(monkeypatch):
+    """The dense output uses torch's private ``softshrink(out=)``; without it numpy's two passes
+    give the same numbers."""
+    x = np.random.default_rng(8).standard_normal(N)
+    radius = 0.5 * float(np.abs(x).sum())
+    with_torch = project_l1_ball(x, radius=radius)
+    monkeypatch.delattr(torch._C._nn, "softshrink")
+    np.testing.assert_array_equal(project_l1_ball(x, radius=radius), with_torch)
