@@ -86,15 +86,7 @@ def solve_l1_column(A, y, B, v, c, *, lam: float | None = None, epsilon: float |
     -------
     ColumnResult
     """
-    found = solve_l1_columns([(A, y, B, v, c)], lam=lam, epsilon=epsilon, settings=settings)[0]
-    if found.status != "optimal":
-        return found
-    A, B = np.asarray(A, dtype=float), np.asarray(B, dtype=float)
-    y, c = np.asarray(y, dtype=float).ravel(), np.asarray(c, dtype=float).ravel()
-    residual = A @ found.w - y
-    nu = float(lam) if epsilon is None else _multiplier(found.fit_dual, residual)
-    nu, mu = _refine_dual(A, residual, B, found.below_dual, c, found.w, nu, epsilon is not None)
-    return ColumnResult(found.w, 2.0 * nu * residual, mu, found.status)
+    return solve_l1_columns([(A, y, B, v, c)], lam=lam, epsilon=epsilon, settings=settings)[0]
 
 
 def solve_l1_columns(columns, *, lam: float | None = None, epsilon: float | None = None,
@@ -185,50 +177,87 @@ def solve_l1_columns(columns, *, lam: float | None = None, epsilon: float | None
     if x.shape[0] != N + p + f or not np.all(np.isfinite(x)):
         return [ColumnResult(r.w, r.fit_dual, r.below_dual, "solver_error") for r in failed]
     # The fits' duals 2 nu (A w - y) on the original rows: nu = lam, or for the budget (in its norm
-    # form, multiplier z_0 of the cone) nu = z_0 / (2 epsilon) in scaled units.
+    # form, multiplier z_0 of the cone) nu = z_0 / (2 epsilon) in scaled units, z_0 / (2 epsilon
+    # scale) in the original ones.
     if budget:
-        nu = z[f + 2 * p + b] / (2.0 * budget_scaled) if budget_scaled > 0 else 0.0
+        nu = z[f + 2 * p + b] / (2.0 * budget_scaled * scale) if budget_scaled > 0 else 0.0
     else:
-        nu = 0.0 if lam is None else float(lam) * scale
+        nu = 0.0 if lam is None else float(lam)
     out, at_w, at_b = [], 0, f + 2 * p
     for A, y, B, _, _ in data:
-        w = x[at_w:at_w + A.shape[1]] * scale
-        mu = z[at_b:at_b + B.shape[0]]
-        residual = (A @ w - y) / scale
-        out.append(ColumnResult(w, 2.0 * nu * residual, mu, status))
+        out.append(ColumnResult(x[at_w:at_w + A.shape[1]] * scale, np.zeros(A.shape[0]),
+                                z[at_b:at_b + B.shape[0]], status))
         at_w, at_b = at_w + A.shape[1], at_b + B.shape[0]
+    if status == "optimal":
+        nu, mus = _refine_duals(data, out, nu, budget)
+        for one, mu in zip(out, mus):
+            one.below_dual = mu
+    for (A, y, *_), one in zip(data, out):
+        one.fit_dual = 2.0 * nu * (A @ one.w - y)
     return out
 
 
-def _multiplier(fit_dual, residual) -> float:
-    """``nu`` with ``fit_dual = 2 nu residual`` (least squares; 0 for a zero residual)."""
-    size = float(residual @ residual)
-    return float(fit_dual @ residual) / (2.0 * size) if size > 0 else 0.0
-
-
-def _refine_dual(A, residual, B, mu, c, w, nu, budget):
-    """The dual ``(nu, mu)`` made to satisfy stationarity on the support to round-off.
+def _refine_duals(data, results, nu: float, budget: bool):
+    r"""The dual ``(nu, [mu_m])`` made to satisfy stationarity on the supports to round-off.
 
     The interior-point dual holds to the solver's tolerance (about 1e-6 relative for ``nu``, read
-    from one cone entry). On the support ``S`` (entries clearly away from 0) stationarity is linear
-    in the unknowns: ``2 nu A_S^T r + B_KS^T mu_K = -c_S sign(w_S)`` (``r`` the residual, ``K`` the
-    rows with a positive multiplier; ``nu`` only for a budget). Its least-squares solution replaces
-    the solver's when it is nonnegative and fits better; else the solver's dual stays.
+    from one cone entry). On column ``m``'s support ``S_m`` (entries clearly away from 0)
+    stationarity is linear in the unknowns:
+
+    .. math:: \nu g_m + B_{m,K S}^T \mu_{m,K} = t_m, \quad
+              g_m = 2 A_{m,S}^T r_m, \; t_m = -c_S \operatorname{sign}(w_S)
+
+    (``r_m`` the residual, ``K`` the rows with a positive multiplier). ``nu`` is fixed for the
+    squared fit and shared by every column under one budget: with ``Pi_m`` the projection off the
+    range of ``B_{m,KS}^T``, the least-squares ``nu = sum <Pi g, Pi t> / sum ||Pi g||^2``; then each
+    ``mu_m`` is its column's least-squares solution. The refined dual replaces the solver's when it
+    is nonnegative and its worst error (stationarity on the supports, dual feasibility
+    ``|A^T Lambda + B^T mu| <= c`` off them) is smaller; else the solver's dual stays.
+
+    Returns
+    -------
+    nu : float
+    mus : list of ndarray, shape (b_m,)
     """
-    on = np.abs(w) > SUPPORT_TOL * max(np.abs(w).max(initial=0.0), 1e-300)
-    K = mu > SUPPORT_TOL * max(np.abs(mu).max(initial=0.0), 1e-300)
-    target = -c[on] * np.sign(w[on])
-    blocks = [2.0 * A[:, on].T @ residual[:, None]] if budget else []
-    blocks.append(B[K][:, on].T)
-    matrix = np.hstack(blocks)
-    fixed = 0.0 if budget else 2.0 * nu * (A[:, on].T @ residual)
-    before = np.abs(2.0 * nu * (A[:, on].T @ residual) + B[K][:, on].T @ mu[K] - target).max(initial=0.0)
-    if matrix.shape[1] == 0 or matrix.shape[1] > matrix.shape[0]:
-        return nu, mu
-    solution = np.linalg.lstsq(matrix, target - fixed, rcond=None)[0]
-    after = np.abs(matrix @ solution + fixed - target).max(initial=0.0)
-    if not (after < before and (solution >= 0).all()):
-        return nu, mu
-    refined = np.zeros_like(mu)
-    refined[K] = solution[1:] if budget else solution
-    return (float(solution[0]) if budget else nu), refined
+    pieces = []
+    for (A, y, B, _, c), one in zip(data, results):
+        w, mu = one.w, one.below_dual
+        on = np.abs(w) > SUPPORT_TOL * max(np.abs(w).max(initial=0.0), 1e-300)
+        K = mu > SUPPORT_TOL * max(np.abs(mu).max(initial=0.0), 1e-300)
+        gradient = 2.0 * A.T @ (A @ w - y)                                  # (n,)
+        pieces.append((gradient, -c * np.sign(w), B[K].T, K, mu, on, c))
+    refined = nu
+    if budget:
+        num = den = 0.0
+        for gradient, target, Bt, _, _, on, _ in pieces:
+            g_off, t_off = _off_range(Bt[on], gradient[on]), _off_range(Bt[on], target[on])
+            num, den = num + float(g_off @ t_off), den + float(g_off @ g_off)
+        refined = num / den if den > 0 else nu
+    mus = []
+    for gradient, target, Bt, K, mu, on, _ in pieces:
+        new = mu.copy()
+        if Bt.shape[1]:
+            new[K] = np.linalg.lstsq(Bt[on], target[on] - refined * gradient[on], rcond=None)[0]
+        mus.append(new)
+
+    def error(value, multipliers):
+        # Stationarity on the support, dual feasibility |A^T Lambda + B^T mu| <= c off it.
+        worst = 0.0
+        for (gradient, target, Bt, K, _, on, c), mu in zip(pieces, multipliers):
+            correlation = value * gradient + Bt @ mu[K]
+            worst = max(worst, np.abs(correlation[on] - target[on]).max(initial=0.0),
+                        (np.abs(correlation[~on]) - c[~on]).max(initial=0.0))
+        return worst
+
+    if (refined >= 0 and all((mu >= 0).all() for mu in mus)
+            and error(refined, mus) < error(nu, [piece[4] for piece in pieces])):
+        return float(refined), mus
+    return nu, [piece[4] for piece in pieces]
+
+
+def _off_range(M, x):
+    """``x`` minus its least-squares projection onto the range of ``M`` (``x`` if ``M`` has no
+    columns)."""
+    if M.shape[1] == 0:
+        return x
+    return x - M @ np.linalg.lstsq(M, x, rcond=None)[0]

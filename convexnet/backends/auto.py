@@ -1,13 +1,14 @@
 """``backend="auto"``: a policy over the other backends.
 
-Clarabel (interior point, certified to 1e-9) for convex programs up to ``AUTO_ADMM_SIZE`` entries of
-``P * N * M``, ADMM above it (where Clarabel takes a quarter of an hour or more, see
-``docs/benchmarks.md``) and for nonconvex programs (only a prox method takes them). A program that the
-preferred backend refuses goes to the other. When ADMM ran a convex separable program, the columns it
-left unfinished (``max_iterations``, or a violation above its tolerance) are solved again with
-Clarabel; the result's backend then reads ``"admm+clarabel"`` and ``info["refined_columns"]`` lists
-them. A whole-layer budget that does not polish is solved again by Clarabel on every column's
-likely support at once, and only if that does not settle, whole.
+ADMM with polish (:mod:`convexnet.backends.polish`) for every program polish applies to (Net-Trim's
+layers, whatever their size: polish makes ADMM's answer exact and certified), and for nonconvex
+programs (only a prox method takes them); otherwise Clarabel (interior point, certified to 1e-9) for
+convex programs up to ``AUTO_ADMM_SIZE`` entries of ``P * N * M`` and ADMM above it. A program that
+the preferred backend refuses goes to the other. When ADMM ran a convex separable program, the
+columns it left unpolished are solved again on their likely support by Clarabel, then whole; the
+result's backend then reads ``"admm+clarabel"`` and ``info["refined_columns"]`` lists those solved
+whole. A whole-layer budget that does not polish is solved again by Clarabel on every column's
+likely support at once, moved to a vertex and polished, and only if that does not certify, whole.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ AUTO_ADMM_SIZE = 1e8
 
 def preference(P: int, N: int, M: int, *, convex: bool = True, polishable: bool = False) -> str:
     """What ``"auto"`` prefers for a program of ``P`` samples, ``N`` inputs, ``M`` outputs: ADMM
-    for nonconvex programs and for separable ones polish makes exact (a Net-Trim layer with the
-    squared loss or per-column budgets), else ADMM above ``AUTO_ADMM_SIZE`` and Clarabel below.
-    A whole-layer budget goes by size: its polish does not settle on trained layers, and Clarabel
-    on every column's support at once (``restricted_coupled``: 2.3 s on the spirals hidden layer,
-    against minutes whole) certifies only to a relative gap of 1.24e-6 there."""
+    for nonconvex programs and for those polish makes exact (a Net-Trim layer: the squared loss,
+    per-column budgets or one budget for the layer), else ADMM above ``AUTO_ADMM_SIZE`` and
+    Clarabel below. A whole-layer budget whose polish does not settle from ADMM's point is solved
+    by Clarabel on every column's support at once, moved to a vertex and polished there
+    (:func:`~convexnet.backends.restricted.restricted_coupled`): the spirals hidden layer in about
+    7 s, certified to 6e-9, against 83 s or more for Clarabel whole."""
     if not convex or polishable:
         return "admm"
     return "admm" if P * N * M > AUTO_ADMM_SIZE else "clarabel"
@@ -40,8 +42,7 @@ def choose(program) -> str:
     """The backend ``"auto"`` runs for ``program``."""
     from .polish import applies
 
-    preferred = preference(*program.shape, convex=program.convex,
-                           polishable=applies(program) and program.separable)
+    preferred = preference(*program.shape, convex=program.convex, polishable=applies(program))
     order = [preferred, "clarabel" if preferred == "admm" else "admm"]
     for name in order:
         if get(name).accepts(program) is None:
@@ -102,8 +103,8 @@ def _coupled(program, solution: Solution, options: dict, verbose: bool, executor
     with one_blas_thread():
         found = restricted_coupled(program, solution.W, solution.dual, options=options)
     elapsed = time.perf_counter() - start
-    # Its interior-point dual can miss the 1e-6 gap by a little (the spirals hidden layer: 1.24e-6,
-    # from correlations 1e-5 over their weights on the support): only a certified answer is kept.
+    # Where the vertex's polish does not pass, the interior-point dual can miss the 1e-6 gap (the
+    # spirals hidden layer: 1.2e-6 to 1.1e-5): only a certified answer is kept.
     if found is None or not certify_program(program, found.W, found.dual, gap_tol=1e-6,
                                             feas_tol=1e-6).ok:
         return _whole(program, solution, options, verbose, executor)

@@ -51,8 +51,10 @@ MULTIPLIER_TOL = 1e-9
 SYSTEM_TOL = 1e-10
 # Pivots of the tight rows' QR factorization below this fraction of the largest mark dependent rows.
 RANK_TOL = 1e-10
-# An inequality row within this fraction of the output scale of its bound starts in the active set.
+# An inequality row within this fraction of the output scale of its bound starts in the active set;
+# one looser than LOOSE_TOL never does.
 TIGHT_TOL = 1e-4
+LOOSE_TOL = 1e-3
 
 
 @dataclass
@@ -93,6 +95,10 @@ class _Column:
         self.B = X[below_rows]
         self.v = v[below_rows]
         self.weights = weights
+
+    def void(self) -> bool:
+        """No fit rows and ``w = 0`` feasible: ``w = 0`` is optimal (objective 0, dual 0)."""
+        return self.A.shape[0] == 0 and bool(np.all(self.v >= 0))
 
     def independent(self, S, K):
         """``K`` without rows of ``B_KS`` that depend on the others (a degenerate vertex: more tight
@@ -231,11 +237,17 @@ def polish(program, W, dual, *, rounds: int = ROUNDS, starts: int = 2) -> Polish
 
     scale = max(program.output_scale, 1e-300)
     if isinstance(fit, Budget) and not fit.per_column:
-        # One multiplier for every column: all columns' data are held at once.
+        # One multiplier for every column: all columns' data are held at once. A column without
+        # fit rows and with w = 0 feasible (a unit never active) is 0, whatever the multiplier.
         columns = [column(m) for m in range(M)]
-        starts = list(zip(*[initial(m, one) for m, one in enumerate(columns)]))
-        for state in starts:
-            found = _polish_coupled(fit, columns, list(state), W, dual, weights, scale, rounds)
+        coupled = [m for m, one in enumerate(columns) if not one.void()]
+        W_zero, dual_zero = W.copy(), dual.copy()
+        W_zero[:, [m for m in range(M) if columns[m].void()]] = 0.0
+        dual_zero[:, [m for m in range(M) if columns[m].void()]] = 0.0
+        starts = list(zip(*[initial(m, columns[m]) for m in coupled]))
+        for state in starts or [()]:
+            found = _polish_coupled(fit, [columns[m] for m in coupled], list(state), coupled,
+                                    W_zero, dual_zero, weights, scale, rounds)
             if found is not None:
                 return found
         return None
@@ -264,9 +276,12 @@ def _initial_sets(column, w, dual, m, below, weights, scale, with_tight: bool):
     if below is None or column.B.shape[0] == 0:
         return S, signs, np.zeros(0, dtype=bool)
     mu = dual[below.mask[:, m], m]
-    K = mu > 1e-6 * max(np.abs(mu).max(initial=0.0), 1e-300)
+    slack = column.v - column.B @ w
+    # A row clearly loose at the point is not tight at the optimum, whatever round-off multiplier
+    # an interior point left on it (5e-11 on a spirals column, the largest 1e-5).
+    K = (mu > 1e-6 * max(np.abs(mu).max(initial=0.0), 1e-300)) & (slack <= LOOSE_TOL * scale)
     if with_tight:
-        K |= column.B @ w >= column.v - TIGHT_TOL * scale
+        K |= slack <= TIGHT_TOL * scale
     return S, signs, K
 
 
@@ -417,14 +432,16 @@ def _column_dual(column, fit, m, w, mu, K, lam):
     return Lambda
 
 
-def _polish_coupled(fit, columns, state, W, dual, weights, scale, rounds):
-    """A whole-matrix budget: one multiplier for every column (:func:`_budget_rounds`)."""
-    found = _budget_rounds(columns, state, float(fit.epsilon), weights, scale, rounds)
-    if found is None:
-        return None
-    nu, outputs = found
+def _polish_coupled(fit, columns, state, indices, W, dual, weights, scale, rounds):
+    """A whole-matrix budget: one multiplier for every column (:func:`_budget_rounds`) of
+    ``columns``, which are ``W``'s columns ``indices``; the others are kept as they are."""
     W_out, dual_out = W.copy(), dual.copy()
-    for m, (column, (w, mu, (_, _, K))) in enumerate(zip(columns, outputs)):
-        W_out[:, m] = w
-        dual_out[:, m] = _column_dual(column, fit, m, w, mu, K, nu)
-    return Polished(W_out, dual_out, np.ones(len(columns), dtype=bool))
+    if columns:
+        found = _budget_rounds(columns, state, float(fit.epsilon), weights, scale, rounds)
+        if found is None:
+            return None
+        nu, outputs = found
+        for m, column, (w, mu, (_, _, K)) in zip(indices, columns, outputs):
+            W_out[:, m] = w
+            dual_out[:, m] = _column_dual(column, fit, m, w, mu, K, nu)
+    return Polished(W_out, dual_out, np.ones(W.shape[1], dtype=bool))

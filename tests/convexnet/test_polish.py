@@ -157,9 +157,9 @@ def test_dependent_tight_rows_and_an_inactive_budget_still_polish():
 
 def test_a_whole_layer_budget_is_solved_again_on_every_columns_support():
     """restricted_coupled: the columns of a whole-layer budget in one conic program on their
-    likely supports, grown from ADMM's rough point; the answer is Clarabel's. Its dual is the
-    interior point's, whose stationarity errors (about 5e-5 here) keep the certificate from 1e-6:
-    "auto" keeps such an answer only when the certificate passes."""
+    likely supports, grown from ADMM's rough point, then moved to a vertex and polished; the answer
+    is Clarabel's and its certificate passes at the interior-point tolerances (the interior point's
+    own dual, with stationarity errors about 5e-5 here, did not)."""
     from convexnet.backends.restricted import restricted_coupled
     from convexnet.certificates.programs import certify_program
 
@@ -173,7 +173,29 @@ def test_a_whole_layer_budget_is_solved_again_on_every_columns_support():
     reference = problem.solve("clarabel", sparsest=False)
     assert problem.objective(found.W) == pytest.approx(reference.objective, rel=1e-6)
     assert problem.violation(found.W) <= 1e-7
-    assert certify_program(problem.program, found.W, found.dual, gap_tol=1e-3, feas_tol=1e-6).ok
+    report = certify_program(problem.program, found.W, found.dual, gap_tol=1e-6, feas_tol=1e-6)
+    assert report.ok and report.relative_gap <= 1e-6
     # A separable program is not of this kind.
     split = cn.NetTrimProblem(X, Y, rel_epsilon=0.05, split_budget=True)
     assert restricted_coupled(split.program, rough.W_design, rough.dual) is None
+
+
+def test_auto_runs_admm_on_a_whole_layer_budget_with_dead_units_and_a_degenerate_face():
+    """A whole-layer budget on data with duplicated features (an optimal face, not a point) and
+    units that are never active (columns without fit rows): auto runs ADMM, whose polish does not
+    settle; Clarabel on the supports, the vertex move and the polish give a certified answer with
+    Clarabel's objective, sparser than Clarabel's own centre of the face."""
+    X, Y = relu_layer(200, 30, 10, seed=11)
+    X = np.hstack([X, X[:, :10]])                       # 10 duplicated features
+    Y[:, :2] = 0.0                                      # two dead units: no fit rows
+    problem = cn.NetTrimProblem(X, Y, rel_epsilon=0.05)
+    assert cn.backends.auto.choose(problem.program) == "admm"
+    found = problem.solve("auto", solver_options={"admm": {"threads": 1}})
+    reference = problem.solve("clarabel", sparsest=False)
+    assert found.status == "optimal" and found.backend.startswith("admm")
+    assert found.certificate.ok and found.certificate.relative_gap <= 1e-6
+    assert found.violation <= 1e-7
+    assert found.objective == pytest.approx(reference.objective, rel=1e-6)
+    assert np.all(found.W_design[:, :2] == 0)
+    assert np.count_nonzero(found.W_design) <= np.count_nonzero(
+        np.abs(reference.W_design) > 1e-9 * np.abs(reference.W_design).max())
