@@ -95,6 +95,34 @@ class _Column:
         self.B = X[below_rows]
         self.v = v[below_rows]
         self.weights = weights
+        self._index = self._gram = self._correlation = None    # the last support's Gram (gram())
+
+    def gram(self, S):
+        """``(A_S^T A_S, A_S^T y)`` for the support ``S`` (N,), updated from the last call's: the
+        entries of both supports are reused and only the rows and columns of the new ones are
+        computed (an active-set round changes a few entries; recomputing the whole product took
+        most of the polish of a 4000 x 785 digits layer)."""
+        index = np.flatnonzero(S)
+        gram = np.empty((index.size, index.size))
+        correlation = np.empty(index.size)
+        fresh = np.ones(index.size, dtype=bool)
+        if self._index is not None and self._index.size:
+            at = np.minimum(np.searchsorted(self._index, index), self._index.size - 1)
+            kept = self._index[at] == index
+            gram[np.ix_(kept, kept)] = self._gram[np.ix_(at[kept], at[kept])]
+            correlation[kept] = self._correlation[at[kept]]
+            fresh = ~kept
+        if fresh.any():
+            A_new = self.A[:, index[fresh]]
+            if fresh.sum() * 4 > index.size:
+                cross = A_new.T @ self.A[:, index]
+            else:
+                cross = (A_new.T @ self.A)[:, index]     # no gather of A's support columns
+            gram[fresh, :] = cross
+            gram[:, fresh] = cross.T
+            correlation[fresh] = A_new.T @ self.y
+        self._index, self._gram, self._correlation = index, gram, correlation
+        return gram, correlation
 
     def void(self) -> bool:
         """No fit rows and ``w = 0`` feasible: ``w = 0`` is optimal (objective 0, dual 0)."""
@@ -140,14 +168,15 @@ class _Column:
         ``[[G, B^T], [B, 0]] [w; mu'] = [A^T y; v] + t [-c s; 0]`` with ``G = A_S^T A_S``: the
         right-hand side, hence the solution, is affine in ``t``.
         """
-        A_S, B_KS = self.A[:, S], self.B[K][:, S]
+        B_KS = self.B[K][:, S]
         size, k = S.sum(), K.sum()
+        gram, correlation = self.gram(S)
         matrix = np.zeros((size + k, size + k))
-        matrix[:size, :size] = A_S.T @ A_S
+        matrix[:size, :size] = gram
         matrix[:size, size:] = B_KS.T
         matrix[size:, :size] = B_KS
         rhs = np.zeros((size + k, 2))
-        rhs[:size, 0] = A_S.T @ self.y
+        rhs[:size, 0] = correlation
         rhs[size:, 0] = self.v[K]
         rhs[:size, 1] = -self.weights[S] * signs[S]
         try:

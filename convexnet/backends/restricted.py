@@ -86,12 +86,23 @@ def restricted(program, W, dual, columns, *, options=None, margin: float = 0.9) 
         budget = {"epsilon": float(fit.epsilon[m])} if isinstance(fit, Budget) else {"lam": fit.weight}
         for _ in range(WORKING_SET_ROUNDS):
             found = solve_l1_column(*one.block(X, weights), settings=settings, **budget)
-            if found.status != "optimal":
+            if found.status not in ("optimal", "optimal_inaccurate"):
                 break
             w, Lambda, grew = one.absorb(found, X, weights, scale)
-            if not grew:
+            # The interior point's answer, polished at a vertex, is exact on the whole column when
+            # polish's checks pass (every entry and row): no further working-set rounds, an "almost
+            # solved" answer of a badly conditioned fit counts too, and the certificate reads
+            # round-off where the interior point's own dual can leave 1e-6 (a digits column: 1.5e-6).
+            exact = _exact(program.select_columns([m]), w[:, None], Lambda[:, None])
+            if exact is not None:
+                W_out[:, m], dual_out[:, m] = exact.W[:, 0], exact.dual[:, 0]
+                passed[m] = True
+                break
+            if not grew and found.status == "optimal":
                 W_out[:, m], dual_out[:, m] = w, Lambda
                 passed[m] = True
+                break
+            if found.status != "optimal":
                 break
     return Polished(W_out, dual_out, passed)
 
@@ -127,27 +138,28 @@ def restricted_coupled(program, W, dual, *, options=None, margin: float = 0.9) -
         absorbed = [one.absorb(part, X, weights, scale, COUPLED_GROW_SHARE)
                     for one, part in zip(sets, found)]
         if not any(grew for _, _, grew in absorbed):
-            return _exact(program, np.column_stack([w for w, _, _ in absorbed]),
-                          np.column_stack([Lambda for _, Lambda, _ in absorbed]))
+            W_found = np.column_stack([w for w, _, _ in absorbed])
+            dual_found = np.column_stack([Lambda for _, Lambda, _ in absorbed])
+            exact = _exact(program, W_found, dual_found)
+            return exact if exact is not None else Polished(W_found, dual_found,
+                                                            np.ones(M, dtype=bool))
     return None
 
 
-def _exact(program, W, dual) -> Polished:
+def _exact(program, W, dual) -> Polished | None:
     """The interior point's answer ``W`` (N, M) made exact where it can be: its dust (entries under
     ``DUST`` of their column's largest) set to 0, moved to a vertex of the optimal face
     (:func:`convexnet.programs.vertex.to_vertex`), where the restricted systems are nonsingular,
     and polished there (one multiplier for every column). On the spirals hidden layer the
     interior-point dual certifies to 1.2e-6 to 1.1e-5 (its stationarity errors on a face with many
     correlations at their bound), the polished one to 6e-9. Returns the polished point if every
-    column passed, else ``(W, dual)`` as they were."""
+    column passed, else None."""
     from ..programs.vertex import to_vertex
 
     cleaned = np.where(np.abs(W) > DUST * np.abs(W).max(axis=0, keepdims=True), W, 0.0)
     vertex, _ = to_vertex(program, cleaned)
     polished = polish(program, vertex, dual)
-    if polished is not None and polished.columns.all():
-        return polished
-    return Polished(W, dual, np.ones(W.shape[1], dtype=bool))
+    return polished if polished is not None and polished.columns.all() else None
 
 
 def _settings(options) -> dict:
