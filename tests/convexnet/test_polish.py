@@ -199,3 +199,21 @@ def test_auto_runs_admm_on_a_whole_layer_budget_with_dead_units_and_a_degenerate
     assert np.all(found.W_design[:, :2] == 0)
     assert np.count_nonzero(found.W_design) <= np.count_nonzero(
         np.abs(reference.W_design) > 1e-9 * np.abs(reference.W_design).max())
+
+
+def test_the_support_gram_updated_round_by_round_equals_the_direct_product():
+    """_Column.gram reuses the last support's entries: after supports that grow, shrink and change,
+    it equals A_S^T A_S and A_S^T y computed from scratch (naive oracle)."""
+    from convexnet.backends import polish as pl
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((50, 30))
+    fit_rows = rng.random(50) < 0.6
+    column = pl._Column(X, fit_rows, rng.standard_normal(50), ~fit_rows, np.zeros(50), np.ones(30))
+    A, y = X[fit_rows], column.y
+    supports = [rng.random(30) < share for share in (0.2, 0.3, 0.5, 0.1, 0.9, 0.9, 0.4)]
+    supports.insert(3, supports[2] & ~np.eye(30, dtype=bool)[4])   # one entry leaves
+    for S in supports:
+        gram, correlation = column.gram(S)
+        np.testing.assert_allclose(gram, A[:, S].T @ A[:, S], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(correlation, A[:, S].T @ y, rtol=1e-12, atol=1e-12)
