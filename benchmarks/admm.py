@@ -113,11 +113,19 @@ HEADER = ["| solver | time (s) | status | rel. gap | violation | certified at 1e
           "| zeros | zeros vs Clarabel |", "|---|---|---|---|---|---|---|---|---|"]
 
 
+#: The "ADMM, no polish" rows' step limit (None: the engine's default, 20000); --plain-iterations.
+PLAIN_LIMIT = None
+
+
 def admm_rows(problem, zeros_reference=None, columns=None, threads=None):
     lines = []
     extra = {} if threads is None else {"threads": threads}
-    for label, options in (("ADMM, no polish", {"polish": False, **extra}),
-                           ("ADMM + polish", {"polish": True, **extra})):
+    plain = {"polish": False, **extra}
+    label = "ADMM, no polish"
+    if PLAIN_LIMIT is not None:
+        plain["max_iterations"] = PLAIN_LIMIT
+        label += f" ({PLAIN_LIMIT} steps at most)"
+    for label, options in ((label, plain), ("ADMM + polish", {"polish": True, **extra})):
         result, seconds = timed(problem, "admm", options)
         lines.append(row(label, result, seconds, zeros_reference, columns))
     result, seconds = timed(problem, "auto", {"admm": extra} if extra else None)
@@ -303,7 +311,11 @@ def main(argv=None) -> None:
     parser.add_argument("--rel-epsilon", type=float, default=0.05, help="budgets of the GPU case")
     parser.add_argument("--lam", type=float, default=0.1, help="weight of the GPU case's regularized form")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plain-iterations", type=int, default=None,
+                        help="step limit of the 'ADMM, no polish' rows (default: the engine's 20000)")
     args = parser.parse_args(argv)
+    global PLAIN_LIMIT
+    PLAIN_LIMIT = args.plain_iterations
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
           f"{torch.__version__}, load average {os.getloadavg()[0]:.1f} at start", flush=True)
     runs = {"a": case_a, "b": case_b, "c": case_c, "d": case_d, "gpu": case_gpu}
