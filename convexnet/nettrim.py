@@ -304,10 +304,11 @@ class NetTrimProblem:
         Parameters
         ----------
         backend : {"auto", "clarabel", "osqp", "scs", "admm"}
-            ``"auto"`` picks the fastest accurate backend for the size (see the user guide): Clarabel
-            for small layers, ADMM for large ones. Under ``"auto"`` the columns of a decoupled form
-            that ADMM does not finish are solved again with Clarabel (``result.backend`` is then
-            ``"admm+clarabel"``). OSQP takes quadratic programs only: the regularized form.
+            ``"auto"`` runs ADMM and its polish (every form of a layer), and Clarabel for what
+            does not polish: a decoupled form's columns on their likely support, then whole; a
+            coupled budget's columns on their supports at once, moved to a vertex and polished,
+            else the layer whole (``result.backend`` is then ``"admm+clarabel"``; see the user
+            guide). OSQP takes quadratic programs only: the regularized form.
         solver_options : dict, optional
             Passed to the backend (CVXPY solver keywords, or ADMM options).
         executor : concurrent.futures.Executor, optional
