@@ -249,10 +249,11 @@ def _refine_duals(data, results, nu: float, budget: bool):
                         (np.abs(correlation[~on]) - c[~on]).max(initial=0.0))
         return worst
 
+    solvers_mus = [mu for *_, mu, _, _ in pieces]
     if (refined >= 0 and all((mu >= 0).all() for mu in mus)
-            and error(refined, mus) < error(nu, [piece[4] for piece in pieces])):
+            and error(refined, mus) < error(nu, solvers_mus)):
         return float(refined), mus
-    return nu, [piece[4] for piece in pieces]
+    return nu, solvers_mus
 
 
 def _off_range(M, x):

@@ -265,26 +265,29 @@ def polish(program, W, dual, *, rounds: int = ROUNDS, starts: int = 2) -> Polish
                 for with_tight in (False, True)[:starts]]
 
     scale = max(program.output_scale, 1e-300)
+    # A column without fit rows whose zero is feasible (a unit never active, bounds >= 0) is 0 with
+    # a zero dual, whatever the multiplier: exact, and no part of any system below.
+    W_out, dual_out = W.copy(), dual.copy()
     if isinstance(fit, Budget) and not fit.per_column:
-        # One multiplier for every column: all columns' data are held at once. A column without
-        # fit rows and with w = 0 feasible (a unit never active) is 0, whatever the multiplier.
+        # One multiplier for every column: all columns' data are held at once.
         columns = [column(m) for m in range(M)]
-        coupled = [m for m, one in enumerate(columns) if not one.void()]
-        W_zero, dual_zero = W.copy(), dual.copy()
-        W_zero[:, [m for m in range(M) if columns[m].void()]] = 0.0
-        dual_zero[:, [m for m in range(M) if columns[m].void()]] = 0.0
+        void = np.array([one.void() for one in columns], dtype=bool)
+        W_out[:, void], dual_out[:, void] = 0.0, 0.0
+        coupled = np.flatnonzero(~void)
         starts = list(zip(*[initial(m, columns[m]) for m in coupled]))
         for state in starts or [()]:
             found = _polish_coupled(fit, [columns[m] for m in coupled], list(state), coupled,
-                                    W_zero, dual_zero, weights, scale, rounds)
+                                    W_out, dual_out, weights, scale, rounds)
             if found is not None:
                 return found
         return None
     # Separable: one column's data at a time (a masked fit copies its rows of X per column).
-    W_out, dual_out = W.copy(), dual.copy()
     passed = np.zeros(M, dtype=bool)
     for m in range(M):
         one = column(m)
+        if one.void():
+            W_out[:, m], dual_out[:, m], passed[m] = 0.0, 0.0, True
+            continue
         for state in initial(m, one):
             found = _polish_column(one, state, fit, m, weights, scale, rounds)
             if found is not None:

@@ -217,3 +217,16 @@ def test_the_support_gram_updated_round_by_round_equals_the_direct_product():
         gram, correlation = column.gram(S)
         np.testing.assert_allclose(gram, A[:, S].T @ A[:, S], rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(correlation, A[:, S].T @ y, rtol=1e-12, atol=1e-12)
+
+
+def test_units_never_active_polish_to_exact_zeros_in_every_form():
+    """A column without fit rows whose zero is feasible (Y = 0 on every sample, bounds 0) is 0 with
+    a zero dual in the separable and the coupled polish alike; the certificate holds at 1e-6."""
+    X, Y = relu_layer(200, 30, 8, seed=13)
+    Y[:, :2] = 0.0
+    for form in (dict(rel_epsilon=0.05, split_budget=True, bias=True, penalize_bias=False),
+                 dict(lam=5.0), dict(rel_epsilon=0.05)):
+        problem = cn.NetTrimProblem(X, Y, **form)
+        found = problem.solve("auto", solver_options={"admm": {"threads": 1}})
+        assert found.status == "optimal" and found.certificate.relative_gap <= 1e-6
+        assert np.all(found.W_design[:, :2] == 0) and np.all(found.dual[:, :2] == 0)
