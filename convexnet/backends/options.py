@@ -61,5 +61,5 @@ def check(solver_options, backend: str) -> None:
         except InvalidInputError as error:
             keyed = ", ".join(f"{key!r}: {{...}}" for key in ("admm", "clarabel"))
             raise InvalidInputError(
-                f"{error} With backend='auto' the backend depends on the program's size; options "
-                f"for each can be given as {{{keyed}}}.") from None
+                f"{error} With backend='auto' the backend depends on the program (its kind and "
+                f"size); options for each can be given as {{{keyed}}}.") from None
